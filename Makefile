@@ -1,0 +1,21 @@
+# Conveniences; the README's quick-start commands do the same without make.
+PY := .venv/bin/python
+
+.venv:
+	python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'
+
+install: .venv
+
+train: .venv
+	$(PY) train.py
+
+test: .venv
+	$(PY) -m ruff check . && $(PY) -m pytest
+
+lint: .venv
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: .venv
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+.PHONY: install train test lint format

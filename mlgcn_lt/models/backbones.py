@@ -1,0 +1,160 @@
+"""Backbones split into a shared *trunk* and a *last stage* that each expert owns a copy of.
+
+``pretrained``: ``none`` (random init), ``imagenet`` (torchvision's weights API; must already be in the torch hub
+cache, since nothing is downloaded here), or a path to a local ``state_dict`` file (``.pt`` / ``.pth``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: ImageNet mean / std (RGB); a grayscale image is replicated over the three channels before normalising.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputNormalizer(nn.Module):
+    """uint8 (B, 1, H, W) → float (B, 3, H, W) normalised, on the device (see ``data/images.py``).
+
+    ``mode="imagenet"`` uses ImageNet statistics (right for pretrained weights); ``"unit"`` divides by 255 only
+    (the authors' release).
+    """
+
+    def __init__(self, channels: int = 3, mode: Literal["imagenet", "unit"] = "imagenet") -> None:
+        super().__init__()
+        mean = torch.tensor(IMAGENET_MEAN if mode == "imagenet" else (0.0,) * 3)[:channels]
+        std = torch.tensor(IMAGENET_STD if mode == "imagenet" else (1.0,) * 3)[:channels]
+        self.channels = channels
+        # Folded into one multiply-add: (x / 255 - mean) / std = x * scale + shift.
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float()
+        else:  # already a float image in [0, 1]
+            x = x * 255.0
+        if x.shape[1] == 1 and self.channels != 1:
+            x = x.expand(-1, self.channels, -1, -1)
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+@dataclass
+class TrunkSplit:
+    """A backbone cut in two: ``trunk`` (shared) and ``last_stage`` (copied per expert)."""
+
+    trunk: nn.Module
+    last_stage: nn.Module
+    num_features: int  # channels out of the last stage
+    trunk_features: int  # channels out of the trunk
+    reduction: int  # total stride of trunk + last stage
+    name: str
+    #: Builds a freshly initialised last stage with ``width`` output channels (the release's 512-wide experts).
+    make_stage: Callable[[int], nn.Module] | None = None
+
+
+class _NarrowBottleneck(torchvision.models.resnet.Bottleneck):
+    """A bottleneck block without the ×4 expansion (the release's experts: 512 channels out of ResNet-101)."""
+
+    expansion = 1
+
+
+def _resnet_stage(model: torchvision.models.ResNet, width: int) -> nn.Module:
+    """A new, randomly initialised layer4 of ``model`` whose blocks output ``width`` channels."""
+    block = model.layer4[0]
+    kind = _NarrowBottleneck if isinstance(block, torchvision.models.resnet.Bottleneck) else type(block)
+    saved = model.inplanes
+    model.inplanes = block.conv1.in_channels
+    try:
+        return model._make_layer(kind, width, len(model.layer4), stride=2)
+    finally:
+        model.inplanes = saved
+
+
+def _resnet_split(model: torchvision.models.ResNet, name: str) -> TrunkSplit:
+    trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3)
+    last = model.layer4
+    return TrunkSplit(
+        trunk=trunk,
+        last_stage=last,
+        num_features=model.fc.in_features,
+        trunk_features=model.layer4[0].conv1.in_channels,
+        reduction=32,
+        name=name,
+        make_stage=functools.partial(_resnet_stage, model),
+    )
+
+
+#: name → (torchvision builder, splitter). New families add one entry and one splitter.
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module, str], TrunkSplit]]] = {
+    "resnet18": (torchvision.models.resnet18, _resnet_split),
+    "resnet34": (torchvision.models.resnet34, _resnet_split),
+    "resnet50": (torchvision.models.resnet50, _resnet_split),
+    "resnet101": (torchvision.models.resnet101, _resnet_split),
+}
+
+
+def available_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _load_weights(model: nn.Module, name: str, pretrained: str) -> None:
+    if pretrained == "none":
+        return
+    if pretrained == "imagenet":
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        if not hub.is_file():
+            raise FileNotFoundError(
+                f"ImageNet weights for {name} are not available offline: expected {hub} "
+                f"(download {weights.url} there on a machine with internet), or set "
+                f"model.backbone.pretrained=/path/to/{name}.pth, or model.backbone.pretrained=none"
+            )
+        state = weights.get_state_dict(progress=False, check_hash=False)
+    else:
+        path = Path(os.path.expanduser(pretrained))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.backbone.pretrained={pretrained!r}: no such file (expected 'none', 'imagenet' or a local "
+                "state_dict path)"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{pretrained}: weights do not fit {name}: {e}") from e
+    classifier = {"fc.weight", "fc.bias", "classifier.weight", "classifier.bias"}
+    missing = [k for k in result.missing_keys if k not in classifier]
+    if missing:
+        raise ValueError(f"{pretrained}: weights do not fit {name}; missing {missing[:5]} ({len(missing)} keys)")
+    if result.unexpected_keys:
+        log.warning(
+            "%s: ignored %d unexpected keys, e.g. %s",
+            pretrained,
+            len(result.unexpected_keys),
+            result.unexpected_keys[:3],
+        )
+
+
+def build_backbone(name: str, pretrained: str = "none") -> TrunkSplit:
+    """Build torchvision ``name`` (weights per ``pretrained``) and split it into trunk and last stage."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; known: {available_backbones()}")
+    builder, splitter = _REGISTRY[name]
+    model = builder(weights=None)
+    _load_weights(model, name, pretrained)
+    return splitter(model, name)

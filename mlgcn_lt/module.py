@@ -1,0 +1,175 @@
+"""MLGCNModule: builds backbone / pooling / attention / heads / experts / loss from their configs and trains them.
+
+The module receives its parts as configs (``_recursive_: false``) plus the training label statistics, and saves
+them as hyper-parameters: a checkpoint alone rebuilds the model (``MLGCNModule.load_from_checkpoint(path)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlgcn_lt.data.stats import LabelStats
+from mlgcn_lt.losses import LossOutput, build_loss
+from mlgcn_lt.metrics import MultilabelMetrics
+from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
+
+log = logging.getLogger(__name__)
+
+Config = DictConfig | Mapping[str, Any]
+
+
+def _cfg(c: Config | None) -> DictConfig | None:
+    return None if c is None else (c if isinstance(c, DictConfig) else OmegaConf.create(dict(c)))
+
+
+class MLGCNModule(L.LightningModule):
+    """ML-GCN with experts. Logs ``train/loss``, ``val/*`` and ``test/*`` (mAP, mAUC, mF1, group mAPs, per-class AP)."""
+
+    def __init__(
+        self,
+        *,
+        backbone: Config,
+        pooling: Config,
+        head: Config,
+        label_embedding: Config,
+        attention: Config | None,
+        loss: Config,
+        optimizer: Config,
+        scheduler: Config | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        num_experts: int = 1,
+        expert_init: Literal["pretrained_copy", "random"] = "pretrained_copy",
+        expert_width: int | None = None,
+        share_attention: bool = False,
+        ensemble: Literal["logits", "probs"] = "logits",
+        input_norm: Literal["imagenet", "unit"] = "imagenet",
+        stats: Mapping[str, Any],
+        restore: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.stats = LabelStats.from_dict(dict(stats))
+        self.classes = list(self.stats.classes)
+        self.net = self._build_net(restore)
+        self.loss_fn = build_loss(_cfg(loss), self.stats)
+        self.val_metrics = MultilabelMetrics(self.classes, self.stats.groups)
+        self.test_metrics = MultilabelMetrics(self.classes, self.stats.groups)
+
+    # ------------------------------------------------------------------ construction
+    def _build_net(self, restore: Mapping[str, Any] | None) -> MultiExpertNet:
+        hp = self.hparams
+        backbone_cfg = _cfg(hp.backbone)
+        if restore is not None:  # weights come from the checkpoint: no pretrained download, no embedding fit
+            backbone_cfg = OmegaConf.merge(backbone_cfg, {"pretrained": "none"})
+            vectors = torch.zeros(self.stats.num_classes, int(restore["label_dim"])).numpy()
+        else:
+            vectors = instantiate(_cfg(hp.label_embedding))(self.stats)
+        backbone = instantiate(backbone_cfg)
+        shared: dict[int, torch.nn.Module] = {}  # one attention layer for all experts if share_attention
+
+        def make_attention(dim: int) -> torch.nn.Module | None:
+            if hp.attention is None:
+                return None
+            if not hp.share_attention:
+                return instantiate(_cfg(hp.attention), dim=dim)
+            if dim not in shared:
+                shared[dim] = instantiate(_cfg(hp.attention), dim=dim)
+            return shared[dim]
+
+        def head_factory(in_features: int) -> torch.nn.Module:
+            return instantiate(
+                _cfg(hp.head),
+                in_features=in_features,
+                stats=self.stats,
+                label_vectors=vectors,
+                pooling=instantiate(_cfg(hp.pooling)),
+                attention=make_attention(in_features),
+            )
+
+        return MultiExpertNet(
+            backbone,
+            head_factory,
+            num_experts=hp.num_experts,
+            init=hp.expert_init,
+            width=hp.expert_width,
+            ensemble=hp.ensemble,
+            input_norm=hp.input_norm,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The state dict holds every weight and label vector: loading must not fetch or fit them again.
+        label_dim = next(v.shape[1] for k, v in self.state_dict().items() if k.endswith("gcn.label_vectors"))
+        hparams = {
+            k: OmegaConf.to_container(v, enum_to_str=True) if isinstance(v, DictConfig) else v
+            for k, v in checkpoint["hyper_parameters"].items()
+        }
+        hparams["restore"] = {"label_dim": int(label_dim)}
+        # Plain containers only, so the checkpoint loads with torch.load(weights_only=True).
+        checkpoint["hyper_parameters"] = hparams
+
+    # ------------------------------------------------------------------ forward / steps
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        return self.net(images)
+
+    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[ModelOutput, LossOutput]:
+        output = self(batch["image"])
+        return output, self.loss_fn(output, batch["target"])
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, loss = self._loss(batch)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss.total, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        if len(loss.terms) > 1:
+            self.log_dict({f"train/{k}": v for k, v in loss.terms.items()}, on_step=False, on_epoch=True, batch_size=bs)
+        return loss.total
+
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], metrics: MultilabelMetrics, stage: str) -> None:
+        output, loss = self._loss(batch)
+        metrics.update(torch.sigmoid(output.logits.float()), batch["target"], batch["index"])
+        self.log(
+            f"{stage}/loss",
+            loss.total,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["image"].shape[0],
+        )
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: MultilabelMetrics, stage: str) -> None:
+        values = metrics.compute()
+        metrics.reset()
+        # Already gathered over all ranks by torchmetrics: log as-is (no second reduction).
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in values.items()}, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"index": batch["index"], "probs": torch.sigmoid(self(batch["image"]).logits.float())}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(_cfg(self.hparams.optimizer))(params=[p for p in self.parameters() if p.requires_grad])
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = instantiate(_cfg(self.hparams.scheduler))(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
