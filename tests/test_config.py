@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
+from conftest import compose_config
 from mlgcn_lt.config import CONF_DIR
 
 GROUPS = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_cxr_lt_dir
 
+from conftest import write_cxr_lt_dir
 from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.data.samplers import RandomSampler
 from mlgcn_lt.data.tables import TableError

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 import mlgcn_lt.models.glove as glove
+from conftest import compose_config
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.models.glove import GloVeEmbedding, cooccurrence_matrix, fit_glove
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
 from PIL import Image
 
+from conftest import write_image
 from mlgcn_lt.data.images import AugmentConfig, ImageDecodeError, build_transform, load_grayscale
 
 

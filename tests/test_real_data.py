@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NIH_SAMPLE, compose_config
 
+from conftest import NIH_SAMPLE, compose_config
 from mlgcn_lt.pipeline import train
 
 pytestmark = pytest.mark.skipif(

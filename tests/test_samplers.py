@@ -8,9 +8,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import compose_config, cxr_lt_frame
 from hydra.utils import instantiate
 
+from conftest import compose_config, cxr_lt_frame
 from mlgcn_lt.data.sampler_report import main as report_main
 from mlgcn_lt.data.sampler_report import sampler_label_distribution
 from mlgcn_lt.data.samplers import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NIH_SAMPLE, cxr_lt_frame
 
+from conftest import NIH_SAMPLE, cxr_lt_frame
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
 from mlgcn_lt.data.tables import TableError, read_csv_table, read_cxr_lt, read_nih, split_by_group
 
