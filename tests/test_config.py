@@ -84,5 +84,5 @@ def test_default_config_is_the_embedded_vanilla_ml_gcn(tmp_path, hydra_cleanup):
 
 def test_gitignore_covers_run_outputs_and_local_config():
     ignored = (Path(CONF_DIR).parent / ".gitignore").read_text().split()
-    for entry in ("outputs/", "conf/local/", ".venv/", ".env", "data/"):
+    for entry in ("/outputs/", "conf/local/", ".venv/", ".env", "/data/"):
         assert entry in ignored

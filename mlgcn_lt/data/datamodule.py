@@ -1,0 +1,202 @@
+"""CXRDataModule: reads the split tables, computes training label statistics once, serves the loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mlgcn_lt.data.dataset import ImageTableDataset
+from mlgcn_lt.data.images import AugmentConfig, build_transform
+from mlgcn_lt.data.samplers import LabelSampler, RandomSampler
+from mlgcn_lt.data.stats import LabelStats
+from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, UncertainPolicy, read_table, split_by_group
+
+log = logging.getLogger(__name__)
+
+SamplerFactory = Callable[..., LabelSampler]
+SPLITS = ("train", "val", "test")
+
+
+class CXRDataModule(L.LightningDataModule):
+    """Multi-label image tables → loaders; the training sampler is an injected factory ``(labels, seed) → Sampler``.
+
+    ``val_csv`` / ``test_csv`` left empty are carved out of ``train_csv`` by patient (``split``), seeded.
+    """
+
+    def __init__(
+        self,
+        *,
+        format: TableFormat,
+        root: str,
+        train_csv: str,
+        val_csv: str | None = None,
+        test_csv: str | None = None,
+        image_size: int = 1024,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = 2,
+        classes: Sequence[str] | None = None,
+        uncertain: UncertainPolicy = "error",
+        path_column: str | None = None,
+        label_columns: Sequence[str] | None = None,
+        id_columns: Sequence[str] = (),
+        group_column: str | None = None,
+        image_dir: str = "images",
+        split: Mapping[str, float] | None = None,
+        groups: Mapping[str, int | None] | None = None,
+        augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen, immutable)
+        sampler: SamplerFactory | None = None,
+        synthetic: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        max_epochs: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.format = format
+        self.root = Path(root)
+        self.csvs = {"train": train_csv, "val": val_csv, "test": test_csv}
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.prefetch_factor = prefetch_factor
+        self.reader_options = self._reader_options(
+            format, classes, uncertain, path_column, label_columns, id_columns, group_column, image_dir
+        )
+        self.split = {"val_fraction": 0.1, "test_fraction": 0.2, **(split or {})}
+        self.group_sizes = {"head": None, "tail": None, **(groups or {})}
+        self.augment = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**augment)
+        self.sampler_factory = sampler or RandomSampler
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.seed = int(seed)
+        #: Epoch budget that suits this dataset's size (the trainer config reads it; an epoch of 3k images and
+        #: one of 260k images are different amounts of training).
+        self.max_epochs = max_epochs
+        self.tables: dict[str, ImageTable] = {}
+        self.stats: LabelStats | None = None
+
+    @staticmethod
+    def _reader_options(fmt, classes, uncertain, path_column, label_columns, id_columns, group_column, image_dir):
+        if fmt == "cxr_lt":
+            opts: dict[str, Any] = {"uncertain": uncertain}
+            if classes is not None:
+                opts["classes"] = list(classes)
+            return opts
+        if fmt == "nih":
+            opts = {"image_dir": image_dir}
+            if classes is not None:
+                opts["classes"] = list(classes)
+            return opts
+        if fmt == "csv":
+            if not path_column or not label_columns:
+                raise TableError("data=csv needs data.path_column and data.label_columns")
+            return {
+                "path_column": path_column, "label_columns": list(label_columns), "id_columns": list(id_columns),
+                "group_column": group_column, "uncertain": uncertain,
+            }
+        raise TableError(f"unknown data.format {fmt!r}; known: ['csv', 'cxr_lt', 'nih']")
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Generate the embedded synthetic dataset once (cached, atomic) when this config asks for it."""
+        if self.synthetic is not None:
+            from mlgcn_lt.data import synthetic
+
+            synthetic.ensure(self.root, **self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tables:
+            return
+        self.tables = self._read_splits()
+        for name, table in self.tables.items():
+            if len(table) == 0:
+                raise TableError(f"the {name} split has no images ({self.csvs[name] or 'carved from train_csv'})")
+            if table.classes != self.tables["train"].classes:
+                raise TableError(
+                    f"{table.source}: classes differ from the training table's {self.tables['train'].classes}"
+                )
+        train = self.tables["train"]
+        self.stats = LabelStats.from_labels(train.labels, train.classes, **self.group_sizes)
+        log.info(
+            "data: %s train / %s val / %s test images, %d classes",
+            *(len(self.tables[s]) for s in SPLITS), len(train.classes),
+        )
+
+    def _read_splits(self) -> dict[str, ImageTable]:
+        read = {s: read_table(self.format, self._abs(p), self.root, **self.reader_options)
+                for s, p in self.csvs.items() if p}
+        if "train" not in read:
+            raise TableError("data.train_csv is required")
+        missing = [s for s in ("val", "test") if s not in read]
+        if missing:
+            fractions = [self.split[f"{s}_fraction"] for s in missing]
+            *parts, rest = split_by_group(read["train"], fractions, self.split.get("seed", self.seed))
+            full = read["train"]
+            for s, idx in zip(missing, parts, strict=True):
+                read[s] = full.subset(idx)
+            read["train"] = full.subset(rest)
+        return {s: read[s] for s in SPLITS}
+
+    def _abs(self, p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        return path if path.is_absolute() or path.exists() else self.root / path
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def classes(self) -> list[str]:
+        self._need_setup()
+        return list(self.tables["train"].classes)
+
+    def _need_setup(self) -> None:
+        if not self.tables:
+            raise RuntimeError("CXRDataModule.setup() must run before classes / stats / loaders are used")
+
+    def dataset(self, split: str, *, train_transform: bool | None = None) -> ImageTableDataset:
+        self._need_setup()
+        augment = self.augment if (train_transform if train_transform is not None else split == "train") else None
+        return ImageTableDataset(self.tables[split], self.image_size, build_transform(augment))
+
+    def build_sampler(self) -> LabelSampler:
+        return self.sampler_factory(labels=self.tables["train"].labels, seed=self.seed)
+
+    def _loader(self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            drop_last=drop_last,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        sampler = self.build_sampler()
+        # A last batch of one image breaks BatchNorm; drop the remainder when there is more than one batch.
+        return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(sampler) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), batch_size=self.eval_batch_size)
+
+    def labels(self, split: str) -> np.ndarray:
+        self._need_setup()
+        return self.tables[split].labels
