@@ -103,8 +103,11 @@ class CXRDataModule(L.LightningDataModule):
             if not path_column or not label_columns:
                 raise TableError("data=csv needs data.path_column and data.label_columns")
             return {
-                "path_column": path_column, "label_columns": list(label_columns), "id_columns": list(id_columns),
-                "group_column": group_column, "uncertain": uncertain,
+                "path_column": path_column,
+                "label_columns": list(label_columns),
+                "id_columns": list(id_columns),
+                "group_column": group_column,
+                "uncertain": uncertain,
             }
         raise TableError(f"unknown data.format {fmt!r}; known: ['csv', 'cxr_lt', 'nih']")
 
@@ -131,12 +134,16 @@ class CXRDataModule(L.LightningDataModule):
         self.stats = LabelStats.from_labels(train.labels, train.classes, **self.group_sizes)
         log.info(
             "data: %s train / %s val / %s test images, %d classes",
-            *(len(self.tables[s]) for s in SPLITS), len(train.classes),
+            *(len(self.tables[s]) for s in SPLITS),
+            len(train.classes),
         )
 
     def _read_splits(self) -> dict[str, ImageTable]:
-        read = {s: read_table(self.format, self._abs(p), self.root, **self.reader_options)
-                for s, p in self.csvs.items() if p}
+        read = {
+            s: read_table(self.format, self._abs(p), self.root, **self.reader_options)
+            for s, p in self.csvs.items()
+            if p
+        }
         if "train" not in read:
             raise TableError("data.train_csv is required")
         missing = [s for s in ("val", "test") if s not in read]

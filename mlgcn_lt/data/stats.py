@@ -22,9 +22,7 @@ def group_sizes(num_classes: int, head: int | None = None, tail: int | None = No
     if tail is None:
         tail = max(1, round(num_classes * DEFAULT_TAIL_FRACTION)) if num_classes >= 2 else 0
     if head < 0 or tail < 0 or head + tail > num_classes:
-        raise ValueError(
-            f"data.groups: head={head} + tail={tail} must be >= 0 and fit in {num_classes} classes"
-        )
+        raise ValueError(f"data.groups: head={head} + tail={tail} must be >= 0 and fit in {num_classes} classes")
     return head, tail
 
 
@@ -45,7 +43,7 @@ class LabelStats:
         """Count positives and pairwise co-occurrence; rank classes by count (ties: table order) into groups."""
         pos = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1.0
         counts = pos.sum(0).astype(np.int64)
-        co = (pos.T.astype(np.int64) @ pos.astype(np.int64))
+        co = pos.T.astype(np.int64) @ pos.astype(np.int64)
         np.fill_diagonal(co, 0)
         n_head, n_tail = group_sizes(len(classes), head, tail)
         order = np.argsort(-counts, kind="stable")

@@ -94,9 +94,7 @@ def _split_studies(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return np.array(patient), np.array(rank), np.array(n_img)
 
 
-def build_tables(
-    seed: int = 0, n_train: int = 3000, n_dev: int = 600, n_test: int = 600
-) -> dict[str, pd.DataFrame]:
+def build_tables(seed: int = 0, n_train: int = 3000, n_dev: int = 600, n_test: int = 600) -> dict[str, pd.DataFrame]:
     """The three split tables (CXR-LT columns, labels topped up), without drawing any image."""
     model = label_model()
     icu = np.append(model.configs[:, LATENTS.index("icu")], False)
@@ -159,9 +157,7 @@ def generate(
     tables = build_tables(seed, n_train, n_dev, n_test)
     for i, (split, table) in enumerate(tables.items()):
         findings = table[list(CXR_LT_2023_CLASSES)].to_numpy(bool)
-        for r, (subject, view, path) in enumerate(
-            table[["subject_id", "ViewPosition", "path"]].itertuples(False)
-        ):
+        for r, (subject, view, path) in enumerate(table[["subject_id", "ViewPosition", "path"]].itertuples(False)):
             names = {c for c, f in zip(CXR_LT_2023_CLASSES, findings[r], strict=True) if f}
             rng = np.random.default_rng([seed, 2, i, r])
             patient_rng = np.random.default_rng([seed, 3, subject])
@@ -259,9 +255,7 @@ def _remove_stale_temps(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: generate (or reuse) a synthetic CXR-LT and print a summary."""
-    ap = argparse.ArgumentParser(
-        prog="python -m mlgcn_lt.data.synthetic", description=__doc__.splitlines()[0]
-    )
+    ap = argparse.ArgumentParser(prog="python -m mlgcn_lt.data.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     ap.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])

@@ -104,9 +104,7 @@ class Scene:
 
     def lung(self, s: int) -> np.ndarray:
         if s not in self._masks:
-            self._masks[s] = _ellipse(self.u, self.v, self.an.lungs[s]) * _sig(
-                (self.dome(s) - self.v) / 0.015
-            )
+            self._masks[s] = _ellipse(self.u, self.v, self.an.lungs[s]) * _sig((self.dome(s) - self.v) / 0.015)
         return self._masks[s]
 
     def lungs(self) -> np.ndarray:
@@ -132,16 +130,12 @@ def sample_anatomy(view: str, prng: Rng) -> Anatomy:
     if view == "LATERAL":  # one lung field (both lungs superimposed), heart in front, spine behind
         lungs = [[-0.02, -0.05, 0.60, lay], [0.03, -0.03, 0.58, lay]]
         heart = [-0.30, 0.28, heart_w, 0.26]
-        return Anatomy(
-            True, lungs, [dome, dome + 0.04], 0.10, heart, [0.74 + 0.03 * p[4], 0.09], 0.0, *common
-        )
+        return Anatomy(True, lungs, [dome, dome + 0.04], 0.10, heart, [0.74 + 0.03 * p[4], 0.09], 0.0, *common)
     ap = view == "AP"  # portable: magnified heart, shallower inspiration
     lungs = [[-0.39 - 0.02 * p[7], -0.07, lax, lay], [0.38 + 0.02 * p[8], -0.05, lax * 0.97, lay * 0.98]]
     geo = (False, lungs, [dome - 0.04 * ap, dome + 0.04 - 0.04 * ap], 0.12 + 0.02 * p[9])
     heart = [0.11, 0.28, heart_w * (1.1 if ap else 1.0), 0.21]
-    return Anatomy(
-        *geo, heart, [0.02, 0.085 + 0.01 * p[10]], 0.0, common[0], 0.90 + 0.04 * p[11], *common[2:]
-    )
+    return Anatomy(*geo, heart, [0.02, 0.085 + 0.01 * p[10]], 0.0, common[0], 0.90 + 0.04 * p[11], *common[2:])
 
 
 # ---------------------------------------------------------------------------------------------- anatomy cues
@@ -261,9 +255,7 @@ def _blob(sc: Scene, a: float, r: tuple[float, float], factor: float, lobes: flo
     """Round opacity; ``lobes`` > 0 gives a lobulated margin (a mass)."""
     s, _, _ = sc.side()
     x, y = sc.in_lung(s, (-0.4, 0.6), (-0.6, 0.45))
-    rad = sc.rng.uniform(*r) * (
-        1.0 + lobes * np.sin(int(sc.rng.integers(4, 8)) * np.arctan2(sc.v - y, sc.u - x))
-    )
+    rad = sc.rng.uniform(*r) * (1.0 + lobes * np.sin(int(sc.rng.integers(4, 8)) * np.arctan2(sc.v - y, sc.u - x)))
     rr = np.sqrt((sc.u - x) ** 2 + ((sc.v - y) / sc.rng.uniform(0.85, 1.15)) ** 2)
     sc.delta += factor * a * _sig((rad - rr) / (0.1 * rad))
 

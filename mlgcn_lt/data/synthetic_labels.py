@@ -208,9 +208,7 @@ def label_model() -> LabelModel:
     normal_row[sd] = NORMAL_DEVICE_RATE
     post_normal = normal_row.copy()
     post_normal[nf] = 1.0
-    return LabelModel(
-        classes, configs, state_prob, np.vstack([p, normal_row]), np.vstack([post, post_normal]), finding
-    )
+    return LabelModel(classes, configs, state_prob, np.vstack([p, normal_row]), np.vstack([post, post_normal]), finding)
 
 
 def sample_given_states(
@@ -252,9 +250,7 @@ def min_positives(split: str, n_images: int) -> int:
     return min(MIN_POSITIVES[split], n_images // 30)
 
 
-def top_up(
-    labels: np.ndarray, n_img: np.ndarray, states: np.ndarray, minimum: int, rng: np.random.Generator
-) -> None:
+def top_up(labels: np.ndarray, n_img: np.ndarray, states: np.ndarray, minimum: int, rng: np.random.Generator) -> None:
     """Give every class ``minimum`` positive images by replacing studies in place (see module doc)."""
     model = label_model()
     order = np.argsort(model.state_prob @ model.posterior, kind="stable")  # rarest classes first

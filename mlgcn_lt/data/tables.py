@@ -48,7 +48,9 @@ class ImageTable:
     def __post_init__(self) -> None:
         n = len(self.paths)
         if self.labels.shape != (n, len(self.classes)):
-            raise TableError(f"{self.source}: labels {self.labels.shape} do not match {n} rows x {len(self.classes)} classes")
+            raise TableError(
+                f"{self.source}: labels {self.labels.shape} do not match {n} rows x {len(self.classes)} classes"
+            )
         if self.lines is None:
             object.__setattr__(self, "lines", np.arange(2, n + 2))
 
@@ -120,9 +122,7 @@ def parse_labels(
             shown = ", ".join(f"line {r + 2}: {df[col].iloc[r]!r}" for r in rows[:5])
             more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
             hint = " (set data.uncertain=ignore|zero|one to map -1)" if (values[rows] == -1).any() else ""
-            raise TableError(
-                f"{source}: column {col!r} must hold 1, 0 or blank; found {shown}{more}{hint}"
-            )
+            raise TableError(f"{source}: column {col!r} must hold 1, 0 or blank; found {shown}{more}{hint}")
         out[:, j] = np.where(blank.to_numpy(), np.nan, values)
     return out
 
@@ -216,8 +216,14 @@ def read_cxr_lt(
     if not set(CXR_LT_2023_METADATA[:2]).issubset(before):
         log.warning("%s: CXR-LT metadata columns %s not found", source, list(CXR_LT_2023_METADATA[:2]))
     return _make_table(
-        df, source=source, root=Path(root), path_column=path_column, classes=list(use), labels=labels,
-        meta_columns=before, group_column=group,
+        df,
+        source=source,
+        root=Path(root),
+        path_column=path_column,
+        classes=list(use),
+        labels=labels,
+        meta_columns=before,
+        group_column=group,
     )
 
 
@@ -237,8 +243,10 @@ def read_nih(
     for col in ("Image Index", "Finding Labels", "Patient ID"):
         if col not in df.columns:
             raise TableError(f"{source}: missing NIH column {col!r} (have {list(df.columns)})")
-    cls = list(classes) if classes is not None else sorted(
-        {f.strip() for v in df["Finding Labels"] for f in v.split("|") if f.strip()}
+    cls = (
+        list(classes)
+        if classes is not None
+        else sorted({f.strip() for v in df["Finding Labels"] for f in v.split("|") if f.strip()})
     )
     index = {c: j for j, c in enumerate(cls)}
     labels = np.zeros((len(df), len(cls)), dtype=np.float32)
@@ -253,8 +261,14 @@ def read_nih(
     df = df.assign(_path=[f"{image_dir}/{p.strip()}" if image_dir else p.strip() for p in df["Image Index"]])
     meta = [c for c in df.columns if c != "_path"]
     return _make_table(
-        df, source=source, root=Path(root), path_column="_path", classes=cls, labels=labels,
-        meta_columns=meta, group_column="Patient ID",
+        df,
+        source=source,
+        root=Path(root),
+        path_column="_path",
+        classes=cls,
+        labels=labels,
+        meta_columns=meta,
+        group_column="Patient ID",
     )
 
 
@@ -282,8 +296,14 @@ def read_csv_table(
     labels = parse_labels(df, label_columns, source, uncertain)
     meta = list(dict.fromkeys([*id_columns, *([group_column] if group_column else [])]))
     return _make_table(
-        df, source=source, root=Path(root), path_column=path_column, classes=list(label_columns),
-        labels=labels, meta_columns=meta, group_column=group_column,
+        df,
+        source=source,
+        root=Path(root),
+        path_column=path_column,
+        classes=list(label_columns),
+        labels=labels,
+        meta_columns=meta,
+        group_column=group_column,
     )
 
 
