@@ -28,8 +28,8 @@ class BestMetrics(L.Callback):
         return value > old if self.mode == "max" else value < old
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor not in trainer.callback_metrics:
+            return  # only epochs of training count (not trainer.validate() afterwards)
         value = float(trainer.callback_metrics[self.monitor])
         if self._better(value):
             self.best = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)}

@@ -21,7 +21,7 @@ GROUPS = ("head", "middle", "tail")
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu", torch.float64)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return torch.from_numpy(np.array(x, dtype=np.float64, copy=True))
 
 
 def _nanmean(values: list[float]) -> float:
@@ -120,5 +120,7 @@ class MultilabelMetrics(torchmetrics.Metric):
         return probs[keep], targets[keep], torch.as_tensor(uniq)
 
     def compute(self) -> dict[str, float]:
-        probs, targets, _ = self.gathered()
+        probs, targets, indices = self.gathered()
+        #: The whole split's (probs, targets, dataset indices) of the last compute, for predictions files.
+        self.last = (probs.cpu().numpy(), targets.cpu().numpy(), indices.cpu().numpy())
         return compute_metrics(probs, targets, self.class_names, self.groups, self.threshold)

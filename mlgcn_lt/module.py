@@ -51,6 +51,7 @@ class MLGCNModule(L.LightningModule):
         ensemble: Literal["logits", "probs"] = "logits",
         input_norm: Literal["imagenet", "unit"] = "imagenet",
         stats: Mapping[str, Any],
+        data_info: Mapping[str, Any] | None = None,
         restore: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -59,6 +60,8 @@ class MLGCNModule(L.LightningModule):
         self.classes = list(self.stats.classes)
         self.net = self._build_net(restore)
         self.loss_fn = build_loss(_cfg(loss), self.stats)
+        #: Test-time augmentations applied in test / predict (set by eval and submission code).
+        self.tta: tuple[str, ...] = ()
         self.val_metrics = MultilabelMetrics(self.classes, self.stats.groups)
         self.test_metrics = MultilabelMetrics(self.classes, self.stats.groups)
 
@@ -122,6 +125,24 @@ class MLGCNModule(L.LightningModule):
         output = self(batch["image"])
         return output, self.loss_fn(output, batch["target"])
 
+    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of the ensemble logits, averaged over the test-time augmentations in ``self.tta``.
+
+        ``tta`` entries: ``"hflip"`` (horizontal flip) and ``"scale:<factor>"`` (bilinear resize of the input);
+        every combination of the listed scales (and 1.0) with and without the flip is averaged.
+        """
+        views = [images]
+        for t in self.tta:
+            if t.startswith("scale:"):
+                x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+                factor = float(t.split(":", 1)[1])
+                views.append(torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear"))
+            elif t != "hflip":
+                raise ValueError(f"unknown test-time augmentation {t!r}; known: 'hflip', 'scale:<factor>'")
+        if "hflip" in self.tta:
+            views += [v.flip(-1) for v in views]
+        return torch.stack([torch.sigmoid(self(v).logits.float()) for v in views]).mean(0)
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self._loss(batch)
         bs = batch["image"].shape[0]
@@ -132,7 +153,8 @@ class MLGCNModule(L.LightningModule):
 
     def _eval_step(self, batch: Mapping[str, torch.Tensor], metrics: MultilabelMetrics, stage: str) -> None:
         output, loss = self._loss(batch)
-        metrics.update(torch.sigmoid(output.logits.float()), batch["target"], batch["index"])
+        probs = self.predict_probs(batch["image"]) if self.tta else torch.sigmoid(output.logits.float())
+        metrics.update(probs, batch["target"], batch["index"])
         self.log(
             f"{stage}/loss",
             loss.total,
@@ -161,7 +183,7 @@ class MLGCNModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"index": batch["index"], "probs": torch.sigmoid(self(batch["image"]).logits.float())}
+        return {"index": batch["index"], "probs": self.predict_probs(batch["image"])}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

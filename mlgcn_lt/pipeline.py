@@ -1,4 +1,8 @@
-"""What train.py runs: compose parts from the config, fit, test the best checkpoint, write ``metrics.json``."""
+"""What train.py runs: compose parts from the config, fit, test the best checkpoint, write the run's outputs.
+
+Run directory: ``config.yaml`` (resolved), ``label_stats.json``, ``checkpoints/``, ``thresholds.json`` (F1
+thresholds tuned on validation), ``per_class_test.csv``, ``predictions_test.csv`` and ``metrics.json``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
+from mlgcn_lt.evaluation import save_thresholds, tune_thresholds, tuned_f1_metrics, write_split_outputs
+from mlgcn_lt.module import MLGCNModule
 from mlgcn_lt.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -34,22 +40,56 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
-def build(cfg: DictConfig) -> tuple[CXRDataModule, L.LightningModule, L.Trainer]:
+def data_info(datamodule: CXRDataModule) -> dict[str, Any]:
+    """What a checkpoint must know of its data to be evaluated later (stored in its hyper-parameters)."""
+    return {"format": datamodule.format, "image_size": datamodule.image_size, "classes": datamodule.classes}
+
+
+def build(cfg: DictConfig) -> tuple[CXRDataModule, MLGCNModule, L.Trainer]:
     """Datamodule (set up: statistics known), model built from them, and trainer with callbacks and loggers."""
     datamodule: CXRDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(cfg.model, stats=datamodule.stats.to_dict())
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")) or False,
-    )
+    model = instantiate(cfg.model, stats=datamodule.stats.to_dict(), data_info=data_info(datamodule))
+    loggers = instantiate_group(cfg.get("logger")) or False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers)
     return datamodule, model, trainer
 
 
 def _find(trainer: L.Trainer, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def _evaluate_best(
+    out: Path, datamodule: CXRDataModule, model: MLGCNModule, trainer: L.Trainer, ckpt: str | None
+) -> dict[str, Any]:
+    """Tune F1 thresholds on validation, test the best checkpoint, write per-class and predictions files."""
+    if ckpt:  # validation predictions of the best weights (the last validation may be a later epoch)
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    val_probs, val_targets, _ = model.val_metrics.last
+    thresholds = tune_thresholds(val_probs, val_targets)
+    if trainer.is_global_zero:
+        save_thresholds(out / "thresholds.json", model.classes, thresholds, f"val split, checkpoint {ckpt}")
+    # Without a checkpoint (fast_dev_run, no checkpoint callback) the current weights are tested.
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    probs, targets, indices = model.test_metrics.last
+    tuned = _prefixed(tuned_f1_metrics(probs, targets, model.classes, thresholds), "test")
+    if trainer.is_global_zero:
+        write_split_outputs(
+            out,
+            "test",
+            {**test, **tuned},
+            model.stats,
+            datamodule.tables["test"],
+            (probs, targets, indices),
+            thresholds,
+        )
+    return {**test, "test/mF1_tuned": tuned["test/mF1_tuned"]}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -62,6 +102,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, model, trainer = build(cfg)
+    if trainer.is_global_zero:
+        write_json(out / "label_stats.json", datamodule.stats.to_dict())
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best = _find(trainer, BestMetrics)
@@ -73,9 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     metrics: dict[str, Any] = {**val}
     if cfg.get("test"):
-        # Without a checkpoint (fast_dev_run, no checkpoint callback) the current weights are tested.
-        trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(_evaluate_best(out, datamodule, model, trainer, checkpoint))
     metrics.update(
         {
             "best_epoch": best.best_epoch if best is not None else None,
@@ -85,5 +125,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
-        log.info("metrics: %s", {k: metrics[k] for k in metrics if "/" not in k[5:] or k.endswith("mAP")})
+        summary = {k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, float)}
+        log.info("metrics: %s", summary)
     return metrics

@@ -178,7 +178,7 @@ class CXRDataModule(L.LightningDataModule):
     def build_sampler(self) -> LabelSampler:
         return self.sampler_factory(labels=self.tables["train"].labels, seed=self.seed)
 
-    def _loader(self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
+    def make_loader(self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
             dataset,
@@ -196,13 +196,15 @@ class CXRDataModule(L.LightningDataModule):
         ds = self.dataset("train")
         sampler = self.build_sampler()
         # A last batch of one image breaks BatchNorm; drop the remainder when there is more than one batch.
-        return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(sampler) > self.batch_size)
+        return self.make_loader(
+            ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(sampler) > self.batch_size
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), batch_size=self.eval_batch_size)
+        return self.make_loader(self.dataset("val"), batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), batch_size=self.eval_batch_size)
+        return self.make_loader(self.dataset("test"), batch_size=self.eval_batch_size)
 
     def labels(self, split: str) -> np.ndarray:
         self._need_setup()

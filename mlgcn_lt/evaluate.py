@@ -1,0 +1,92 @@
+"""What eval.py runs: score a checkpoint on a split, write metrics.json, per-class CSV and predictions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlgcn_lt.data.datamodule import CXRDataModule
+from mlgcn_lt.evaluation import load_thresholds, tuned_f1_metrics, write_split_outputs
+from mlgcn_lt.inference import fuse_table_predictions, image_size_of, load_checkpoint
+from mlgcn_lt.metrics import compute_metrics
+from mlgcn_lt.pipeline import instantiate_group, plain_config
+from mlgcn_lt.utils.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _thresholds_path(cfg: DictConfig, ckpt: Path) -> Path | None:
+    """``cfg.thresholds``, or the thresholds tuned by the training run the checkpoint belongs to."""
+    if cfg.get("thresholds"):
+        return Path(cfg.thresholds)
+    candidate = ckpt.parent.parent / "thresholds.json"
+    return candidate if candidate.is_file() else None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; returns the metrics (keys ``<split>/...``)."""
+    start = time.time()
+    cfg = plain_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg)))
+    split = cfg.split
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split={split!r}: expected train, val or test")
+
+    datamodule: CXRDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    ckpt = Path(cfg.ckpt_path)
+    model = load_checkpoint(ckpt, datamodule.classes)
+    trained_size = image_size_of(model, datamodule.image_size)
+    if trained_size != datamodule.image_size:
+        log.warning(
+            "checkpoint was trained at %d px, evaluating at data.image_size=%d", trained_size, datamodule.image_size
+        )
+    model.tta = tuple(cfg.tta)
+    dataset = datamodule.dataset(split, train_transform=False)
+    loader = datamodule.make_loader(dataset, batch_size=datamodule.eval_batch_size)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    trainer.test(model, dataloaders=loader, verbose=False)
+    probs, targets, indices = model.test_metrics.last
+    table = datamodule.tables[split].subset(indices) if len(indices) != len(dataset) else datamodule.tables[split]
+    if cfg.get("fusion"):
+        probs = fuse_table_predictions(table, probs, cfg.fusion)
+
+    stats = model.stats  # training statistics travel with the checkpoint: groups and train counts are the model's
+    metrics = compute_metrics(probs, targets, model.classes, stats.groups)
+    thresholds_file = _thresholds_path(cfg, ckpt)
+    thresholds = load_thresholds(thresholds_file, model.classes) if thresholds_file else None
+    if thresholds is not None:
+        metrics.update(tuned_f1_metrics(probs, targets, model.classes, thresholds))
+    metrics = {f"{split}/{k}": v for k, v in metrics.items()}
+    if trainer.is_global_zero:
+        write_split_outputs(out, split, metrics, stats, table, (probs, targets, np.arange(len(table))), thresholds)
+        summary = {k: v for k, v in metrics.items() if k.count("/") == 1}
+        write_json(
+            out / "metrics.json",
+            {
+                **summary,
+                **{k: v for k, v in metrics.items() if k.count("/") > 1},
+                "checkpoint": str(ckpt),
+                "split": split,
+                "tta": list(cfg.tta),
+                "fusion": cfg.get("fusion"),
+                "thresholds": str(thresholds_file or ""),
+                "wall_time_s": round(time.time() - start, 1),
+            },
+        )
+        log.info("%s", {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+        for logger in instantiate_group(cfg.get("logger")):
+            logger.log_hyperparams(OmegaConf.to_container(cfg))
+            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+            logger.finalize("success")
+    return metrics
