@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Literal
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
 
 
 class BestMetrics(L.Callback):
@@ -41,3 +50,92 @@ class BestMetrics(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = dict(state_dict.get("best", {}))
         self.best_epoch = state_dict.get("best_epoch")
+
+
+class RNGState(L.Callback):
+    """Saves the torch / CUDA / numpy / Python RNG states with every checkpoint and restores them when a resumed run
+    starts its first epoch, so a resumed run draws the same random numbers (e.g. dropout) as an uninterrupted one.
+
+    Data augmentation does not depend on these states (it is seeded per sample: see ``data/dataset.py``).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state = {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        }  # tensors and scalars: weights_only-safe
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Preemption(L.Callback):
+    """SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption or time limit): save ``last.ckpt`` at the next training step
+    and stop cleanly, so a requeued or restarted job resumes instead of losing the epoch.
+
+    Ranks agree on the step to stop at (checked every ``check_every_n_steps``); a handler that was installed before
+    (submitit's requeue on SIGUSR2) is called after the checkpoint is written.
+    """
+
+    def __init__(
+        self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"), check_every_n_steps: int = 1
+    ) -> None:
+        self.signals = tuple(signals)
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for name in self.signals:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.should_stop or trainer.global_step % self.check_every_n_steps:
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        cb = trainer.checkpoint_callback
+        path = Path(cb.dirpath if cb is not None and cb.dirpath else trainer.default_root_dir) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        name = signal.Signals(self.received).name if self.received else "a signal on another rank"
+        log.warning(
+            "%s: saved %s at step %d and stopping; run the same command to resume", name, path, trainer.global_step
+        )
+        trainer.should_stop = True
+        trainer.preempted = True  # read by train(): no test, no metrics.json, so the run stays resumable
+        previous = self._previous.get(self.received) if self.received else None
+        if callable(previous):  # e.g. submitit: requeue the job now that the checkpoint exists
+            previous(self.received, None)

@@ -7,6 +7,7 @@ thresholds tuned on validation), ``per_class_test.csv``, ``predictions_test.csv`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.evaluation import save_thresholds, tune_thresholds, tuned_f1_metrics, write_split_outputs
 from mlgcn_lt.module import MLGCNModule
+from mlgcn_lt.resume import AtomicCheckpointIO, resume_checkpoint
 from mlgcn_lt.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,26 @@ def build(cfg: DictConfig) -> tuple[CXRDataModule, MLGCNModule, L.Trainer]:
     datamodule.setup("fit")
     model = instantiate(cfg.model, stats=datamodule.stats.to_dict(), data_info=data_info(datamodule))
     loggers = instantiate_group(cfg.get("logger")) or False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
     return datamodule, model, trainer
+
+
+def check_launch(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Refuse DDP that re-launches this script inside a local Hydra multirun (each child would re-run the sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or trainer.world_size == 1 or "LOCAL_RANK" in os.environ:
+        return
+    hydra = HydraConfig.get()
+    launcher = str(hydra.launcher.get("_target_", "")) if hydra.get("launcher") else ""
+    if str(hydra.mode) == "RunMode.MULTIRUN" and "BasicLauncher" in launcher:
+        raise RuntimeError(
+            "DDP inside a local multirun (-m with the basic launcher) re-launches the whole sweep in every process. "
+            "Run the jobs one at a time (drop -m), or use hydra/launcher=slurm (one task per GPU), or "
+            "trainer.strategy=ddp_spawn."
+        )
 
 
 def _find(trainer: L.Trainer, kind: type) -> Any:
@@ -104,7 +124,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero:
         write_json(out / "label_stats.json", datamodule.stats.to_dict())
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    check_launch(cfg, trainer)
+    resume = resume_checkpoint(out, cfg.get("ckpt_path"), cfg.get("resume", True))
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    if getattr(trainer, "preempted", False):
+        log.warning("stopped by a signal after saving last.ckpt: not testing; run the same command to resume")
+        return {"preempted": True}
 
     best = _find(trainer, BestMetrics)
     val = (

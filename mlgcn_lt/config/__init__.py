@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mlgcn_lt.config.schemas import register_schemas
+from mlgcn_lt.resume import resolve_run_dir
 
 #: The repository root (holds ``conf/`` and ``train.py``).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,7 @@ def _register_resolvers() -> None:
         "mlgcn.workers": default_workers,
         # A short random suffix so that two runs started in the same second never share a directory.
         "mlgcn.uid": lambda: secrets.token_hex(3),
+        "mlgcn.run_dir": resolve_run_dir,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

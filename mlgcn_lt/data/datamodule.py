@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from mlgcn_lt.data.dataset import ImageTableDataset
 from mlgcn_lt.data.images import AugmentConfig, build_transform
-from mlgcn_lt.data.samplers import LabelSampler, RandomSampler
+from mlgcn_lt.data.samplers import AugmentationSeeds, EvalShardSampler, LabelSampler, RandomSampler
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, UncertainPolicy, read_table, split_by_group
 
@@ -179,12 +179,15 @@ class CXRDataModule(L.LightningDataModule):
         return self.sampler_factory(labels=self.tables["train"].labels, seed=self.seed)
 
     def make_loader(self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
+        """A loader over ``dataset``; without ``sampler``, the rows in order (this rank's shard under DDP)."""
         workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=sampler,
+            sampler=sampler if sampler is not None else EvalShardSampler(len(dataset)),
             shuffle=False,
+            # A private generator: creating an iterator never consumes the global RNG (exact resumption).
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
@@ -194,7 +197,7 @@ class CXRDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        sampler = self.build_sampler()
+        sampler = AugmentationSeeds(self.build_sampler(), self.seed)
         # A last batch of one image breaks BatchNorm; drop the remainder when there is more than one batch.
         return self.make_loader(
             ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(sampler) > self.batch_size

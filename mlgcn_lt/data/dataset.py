@@ -32,6 +32,14 @@ class ImageTableDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Row ``key``, or ``(row, seed)``: the augmentation then draws from its own generator seeded by ``seed``."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = load_grayscale(self.table.image_path(i), self.image_size)
-        return {"image": self.transform(img), "target": self.targets[i], "index": i}
+        if seed is None:
+            image = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(img)
+        return {"image": image, "target": self.targets[i], "index": i}

@@ -243,6 +243,43 @@ class RepeatFactorSampler(LabelSampler):
         return np.concatenate(rounds)[: self.num_samples]
 
 
+class EvalShardSampler(Sampler[int]):
+    """Evaluation order under DDP: rank r reads rows r, r + W, r + 2W, ... of the split — no padding, so no row is
+    counted twice (the metric gathers all ranks and sorts by row index); on one process, every row in order."""
+
+    def __init__(self, num_rows: int) -> None:
+        self.num_rows = int(num_rows)
+
+    def __iter__(self):
+        world, rank = _world()
+        return iter(range(rank, self.num_rows, world))
+
+    def __len__(self) -> int:
+        world, rank = _world()
+        return len(range(rank, self.num_rows, world))
+
+
+class AugmentationSeeds(Sampler[tuple[int, int]]):
+    """Pairs every index of a training sampler with the seed of its augmentation, a function of (seed, epoch,
+    global position): augmented images are then the same whatever the worker count, the ranks or a resumption."""
+
+    def __init__(self, sampler: LabelSampler, seed: int = 0) -> None:
+        self.sampler = sampler
+        self.seed = int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        world, rank, epoch = self.sampler.num_replicas, self.sampler.rank, self.sampler.epoch
+        base = np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]
+        for pos, index in enumerate(self.sampler):
+            yield index, int((int(base) + rank + pos * world) % (2**63))
+
+
 #: Sampler names of the configs (``conf/data/sampler/<name>.yaml``) and of the report.
 SAMPLERS: dict[str, type[LabelSampler]] = {
     "random": RandomSampler,
