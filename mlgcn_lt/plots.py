@@ -24,8 +24,8 @@ from mlgcn_lt.utils.io import atomic_write
 
 GROUP_COLORS: dict[str, str] = {"head": "#1f77b4", "middle": "#ff7f0e", "tail": "#2ca02c"}
 SERIES_HATCHES = ("", "//", "..", "xx", "\\\\")
-#: Sampler bars: colours distinct from the group colours (which the tick labels keep).
-SERIES_COLORS = ("#7f7f7f", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf")
+#: Samplers and experts: colours distinct from the group colours (which the tick labels keep).
+SERIES_COLORS = ("#444444", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 DPI = 120
 
 StatsLike = LabelStats | Mapping[str, Any]
@@ -282,7 +282,8 @@ def plot_expert_norms(
     fig, ax = _figure(len(names))
     x = np.arange(len(names))
     for e, row in enumerate(norms[:, order]):
-        ax.plot(x, row, marker="o", markersize=3.5, linewidth=1.2, label=f"expert {e + 1}")
+        color = SERIES_COLORS[e % len(SERIES_COLORS)]
+        ax.plot(x, row, marker="o", markersize=3.5, linewidth=1.2, color=color, label=f"expert {e + 1}")
     _group_separators(ax, groups)
     _class_ticks(ax, names, groups)
     ax.set_ylabel("L2 norm of the class's GCN classifier")
@@ -290,7 +291,7 @@ def plot_expert_norms(
     ax.legend(fontsize=8, ncol=min(4, len(norms)))
     spread = norms.std(0).mean() / max(norms.mean(), 1e-12) if len(norms) > 1 else 0.0
     sub = f"{len(norms)} expert{'s' if len(norms) > 1 else ''}" + (
-        f", mean std across experts / mean norm = {spread:.3f}" if len(norms) > 1 else ""
+        f", spread across experts (mean std / mean norm) = {spread:.3f}" if len(norms) > 1 else ""
     )
     ax.set_title((title or "Per-expert classifier norms per class") + f"\n{sub}", fontsize=10)
     return _save(fig, path)

@@ -219,9 +219,7 @@ def write_report(text: str, df: pd.DataFrame, out: Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mlgcn_lt.report",
-        description=__doc__.split("\n")[0],
-        epilog="See the module docstring (python -c 'import mlgcn_lt.report; help(mlgcn_lt.report)') for details.",
+        prog="python -m mlgcn_lt.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("paths", nargs="*", help="run dirs, multirun sweep dirs, or globs")
     parser.add_argument("--out", type=Path, help="output dir (default: the single dir argument, else .)")
