@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
+from mlgcn_lt.loggers import finish_wandb, log_config
 from mlgcn_lt.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def _find(trainer: L.Trainer, kind: type) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; returns (and writes to ``<run dir>/metrics.json``) best-epoch ``val/*`` and ``test/*``."""
+    try:
+        return _fit_and_test(cfg)
+    finally:
+        finish_wandb()  # else every job of a multirun logs into one W&B run
+
+
+def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     cfg = plain_config(cfg)
     out = Path(cfg.paths.output_dir)
@@ -62,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, model, trainer = build(cfg)
+    log_config(trainer, cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best = _find(trainer, BestMetrics)
