@@ -59,8 +59,11 @@ def _start(mode: str | None, init_timeout: float, **kwargs: Any) -> WandbLogger:
     os.makedirs(kwargs["save_dir"], exist_ok=True)  # W&B looks for the git repository from there
     logger = WandbLogger(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
     getattr(logger, "_wandb_init", {}).pop("anonymous", None)  # Lightning passes None: W&B warns it is deprecated
-    run = logger.experiment  # raises here if W&B cannot start
-    define_metrics(run)
+    try:
+        define_metrics(logger.experiment)  # starts the run: raises here if W&B cannot start
+    except Exception:
+        finish_wandb()  # a half-started run would be reused by the next attempt
+        raise
     return logger
 
 

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print the summary of an offline run as JSON."""
     args = sys.argv[1:] if argv is None else argv
     run = read_offline_run(args[0] if args else ".")
-    print(json.dumps({"path": str(run.path), **run.run, "summary": run.summary}, indent=2, default=str))
+    print(json.dumps({"path": str(run.path), **run.run, "summary": run.summary}, indent=2, sort_keys=True, default=str))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from conftest import TINY_OVERRIDES
 from mlgcn_lt.loggers import BEST_METRICS, finish_wandb, run_name, wandb_logger
 from mlgcn_lt.pipeline import train
 from mlgcn_lt.wandb_callbacks import WandbPerClassAP
@@ -181,3 +182,24 @@ def test_callback_is_a_no_op_without_wandb(tmp_path):
     callback.on_test_end(trainer, None)
     callback.on_fit_end(trainer, None)
     assert not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_multirun_jobs_are_separate_wandb_runs(tiny_cxr_lt, tmp_path):
+    """`train.py -m seed=0,1`: the basic launcher runs both jobs in one process; each gets its own named W&B run."""
+    import os
+    import subprocess
+    import sys
+
+    from mlgcn_lt.config import PROJECT_ROOT
+
+    overrides = [f"data.root={tiny_cxr_lt}", *TINY_OVERRIDES, *TINY_FIT, f"paths.log_dir={tmp_path}/outputs"]
+    overrides += ["logger=wandb", "logger.wandb.name_exclude_keys=[data,trainer,logger]", "seed=0,1"]
+    cmd = [sys.executable, "train.py", "-m", *overrides]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=os.environ, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    runs = [read_offline_run(sweep / str(job)) for job in (0, 1)]
+    assert [r.run["name"] for r in runs] == ["seed=0", "seed=1"]
+    assert [r.config["seed"] for r in runs] == [0, 1] and runs[0].path.name != runs[1].path.name
+    assert all(r.finished and "max" in r.summary["val/mAP"] for r in runs)
