@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.evaluation import save_thresholds, tune_thresholds, tuned_f1_metrics, write_split_outputs
+from mlgcn_lt.loggers import finish_wandb, log_config
 from mlgcn_lt.module import MLGCNModule
 from mlgcn_lt.resume import AtomicCheckpointIO, resume_checkpoint
 from mlgcn_lt.utils.io import atomic_write, write_json
@@ -114,6 +115,13 @@ def _evaluate_best(
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; returns (and writes to ``<run dir>/metrics.json``) best-epoch ``val/*`` and ``test/*``."""
+    try:
+        return _fit_and_test(cfg)
+    finally:
+        finish_wandb()  # else every job of a multirun logs into one W&B run
+
+
+def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     cfg = plain_config(cfg)
     out = Path(cfg.paths.output_dir)
@@ -124,6 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero:
         write_json(out / "label_stats.json", datamodule.stats.to_dict())
+    log_config(trainer, cfg)
     check_launch(cfg, trainer)
     resume = resume_checkpoint(out, cfg.get("ckpt_path"), cfg.get("resume", True))
     if resume:

@@ -44,7 +44,7 @@ def test_every_option_of_every_group_composes(group, tmp_path, hydra_cleanup):
 def test_every_target_yaml_references_its_schema():
     for path in CONF_DIR.rglob("*.yaml"):
         data = yaml.safe_load(path.read_text()) or {}
-        if isinstance(data, dict) and "_target_" in data and not data["_target_"].endswith("WandbLogger"):
+        if isinstance(data, dict) and "_target_" in data:
             rel = path.relative_to(CONF_DIR).with_suffix("").as_posix()
             assert f"/schema/{rel}@_here_" in data.get("defaults", []), f"{path} does not list its schema first"
 
