@@ -82,6 +82,172 @@ class SoftMarginLoss(ClassificationLoss):
         return masked_mean(per_image, (mask.sum(1) > 0).float())
 
 
+def _require_stats(stats: LabelStats | None, loss: str) -> LabelStats:
+    if stats is None:
+        raise ValueError(f"the {loss} loss needs the training label statistics (stats=LabelStats), got None")
+    return stats
+
+
+def focal_bce(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
+    """(1 − p_t)^γ · BCE, element-wise (focal modulation, Lin et al. 2017, Eq. 4 without α); γ = 0 is BCE.
+
+    1 − p_t = −expm1(−BCE) is exact for confident entries, and BCE-with-logits is stable for any logit.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return bce if gamma == 0 else (-torch.expm1(-bce)).pow(gamma) * bce
+
+
+class FocalLoss(ClassificationLoss):
+    """Sigmoid focal loss, Lin et al. ICCV 2017, Eq. 5: FL = −α_t (1 − p_t)^γ log p_t per label.
+
+    ``alpha``: weight of positives (negatives get 1 − α); ``None`` weights both 1 (then γ = 0 is exactly BCE).
+    """
+
+    def __init__(
+        self,
+        stats: LabelStats | None = None,
+        apply_to: ApplyTo = "ensemble",
+        gamma: float = 2.0,
+        alpha: float | None = None,
+    ) -> None:
+        super().__init__(stats, apply_to)
+        if gamma < 0 or (alpha is not None and not 0.0 <= alpha <= 1.0):
+            raise ValueError(f"focal loss needs gamma >= 0 and alpha in [0, 1] or null, got {gamma=}, {alpha=}")
+        self.gamma, self.alpha = float(gamma), alpha
+
+    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = focal_bce(logits.float(), targets, self.gamma)
+        if self.alpha is None:
+            return loss
+        return (self.alpha * targets + (1.0 - self.alpha) * (1.0 - targets)) * loss
+
+
+class AsymmetricLoss(ClassificationLoss):
+    """ASL, Ridnik et al. ICCV 2021, Sec. 3: L+ = (1 − p)^γ+ log p, L− = p_m^γ− log(1 − p_m), p_m = max(p − m, 0).
+
+    Always float32 (half precision underflows 1 − p and gives NaN) and in log space: log p = logsigmoid(z),
+    log(1 − p_m) = log(min(σ(−z) + m, 1)) ≥ log m, so huge logits stay finite. ``detach_focusing``: no gradient
+    through the focusing weights (the official training scripts' ``disable_torch_grad_focal_loss=True``); the
+    paper's loss (default) differentiates through them. The paper sums over labels; here, like every loss of
+    this project, it is the mean over known entries (a constant factor B·C, i.e. a learning-rate scale).
+    """
+
+    def __init__(
+        self,
+        stats: LabelStats | None = None,
+        apply_to: ApplyTo = "ensemble",
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        detach_focusing: bool = False,
+    ) -> None:
+        super().__init__(stats, apply_to)
+        if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0:
+            raise ValueError(
+                f"ASL needs gamma_neg, gamma_pos >= 0 and clip in [0, 1), got {gamma_neg=}, {gamma_pos=}, {clip=}"
+            )
+        self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
+        self.detach_focusing = bool(detach_focusing)
+
+    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        log_pos = F.logsigmoid(z)
+        if self.clip > 0:  # probability margin: negatives with p < m cost nothing
+            log_neg = (torch.sigmoid(-z) + self.clip).clamp(max=1.0).log()
+            p_neg = (torch.sigmoid(z) - self.clip).clamp(min=0.0)  # p_m
+        else:
+            log_neg, p_neg = F.logsigmoid(-z), torch.sigmoid(z)
+        w_pos = torch.sigmoid(-z).pow(self.gamma_pos) if self.gamma_pos else torch.ones_like(z)
+        w_neg = p_neg.pow(self.gamma_neg) if self.gamma_neg else torch.ones_like(z)
+        if self.detach_focusing:
+            w_pos, w_neg = w_pos.detach(), w_neg.detach()
+        return -(targets * w_pos * log_pos + (1.0 - targets) * w_neg * log_neg)
+
+
+class ClassBalancedLoss(ClassificationLoss):
+    """Class-balanced loss, Cui et al. CVPR 2019, Sec. 4: w_c = (1 − β) / (1 − β^{n_c}), normalised to mean 1.
+
+    Multi-label use (as the common "by class" variant): w_c multiplies every entry of column c, positive or
+    negative, of a sigmoid BCE (``gamma`` = 0) or focal loss (``gamma`` > 0, the paper's CB focal). Classes with
+    no positive training image count as n_c = 1.
+    """
+
+    def __init__(
+        self,
+        stats: LabelStats | None = None,
+        apply_to: ApplyTo = "ensemble",
+        beta: float = 0.9999,
+        gamma: float = 0.0,
+    ) -> None:
+        super().__init__(stats, apply_to)
+        stats = _require_stats(stats, "class-balanced (cb)")
+        if not 0.0 <= beta < 1.0 or gamma < 0:
+            raise ValueError(f"class-balanced loss needs beta in [0, 1) and gamma >= 0, got {beta=}, {gamma=}")
+        self.beta, self.gamma = float(beta), float(gamma)
+        self.register_buffer("class_weights", self.weights(stats.counts, self.beta), persistent=False)
+
+    @staticmethod
+    def weights(counts: Any, beta: float) -> torch.Tensor:
+        """(1 − β) / (1 − β^n) per class, scaled to mean 1 (float64 → float32: β^n needs the precision)."""
+        n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1.0)
+        w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+        return (w * len(w) / w.sum()).float()
+
+    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.class_weights * focal_bce(logits.float(), targets, self.gamma)
+
+
+class DistributionBalancedLoss(ClassificationLoss):
+    """DB loss, Wu et al. ECCV 2020: re-balanced weighting × focal BCE with negative-tolerant regularisation (NTR).
+
+    Re-balancing: r_i = (1/n_i) / Σ_{j ∈ y} 1/n_j (= P^C_i / P^I, the class- over the instance-level sampling
+    probability; the 1/C of both cancels), smoothed to r̂ = α + σ(β (r − μ)), for positives and negatives alike.
+    An image with no known positive has P^I = 0: r = ∞, r̂ = α + 1.
+    NTR: logits shifted by the class prior, z + ν_i with ν_i = (κ/λ)·logit(n_i/N), and negatives' logits and
+    weights scaled: λ·(z + ν) with weight r̂/λ, i.e. (r̂/λ)·log(1 + e^{λ(z + ν)}) (the official code's form).
+    ``gamma`` > 0 adds the focal modulation (1 − p_t)^γ on the regularised logits; ``balance`` is a constant factor
+    (the official focal ``balance_param``).
+    Defaults: the official VOC-MLT config (α 0.1, β 10, μ 0.3, λ 5, κ 0.05, γ 2, balance 2); COCO uses μ 0.2, λ 2.
+    A class with no positive (or only positive) training images counts as n = 0.5 (N − 0.5).
+    """
+
+    def __init__(
+        self,
+        stats: LabelStats | None = None,
+        apply_to: ApplyTo = "ensemble",
+        alpha: float = 0.1,
+        beta: float = 10.0,
+        mu: float = 0.3,
+        neg_scale: float = 5.0,
+        init_bias: float = 0.05,
+        gamma: float = 2.0,
+        balance: float = 2.0,
+    ) -> None:
+        super().__init__(stats, apply_to)
+        stats = _require_stats(stats, "distribution-balanced (db)")
+        if neg_scale <= 0 or gamma < 0:
+            raise ValueError(f"DB loss needs neg_scale > 0 and gamma >= 0, got {neg_scale=}, {gamma=}")
+        self.alpha, self.beta, self.mu = float(alpha), float(beta), float(mu)
+        self.neg_scale, self.gamma, self.balance = float(neg_scale), float(gamma), float(balance)
+        total = max(int(stats.num_images), 1)
+        n = torch.as_tensor(stats.counts, dtype=torch.float64).clamp(0.5, max(total - 0.5, 0.5))
+        self.register_buffer("freq_inv", (1.0 / n).float(), persistent=False)
+        self.register_buffer("bias", (init_bias / neg_scale * torch.logit(n / total)).float(), persistent=False)
+
+    def rebalance_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """r̂ (B, C) for 0/1 targets."""
+        repeat = (targets * self.freq_inv).sum(1, keepdim=True)  # Σ_{j ∈ y} 1/n_j = C · P^I
+        r = self.freq_inv / repeat.clamp(min=torch.finfo(torch.float32).tiny)
+        return self.alpha + torch.sigmoid(self.beta * (r - self.mu))
+
+    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = self.rebalance_weights(targets)
+        z = logits.float() + self.bias
+        z = torch.where(targets > 0, z, self.neg_scale * z)
+        weight = torch.where(targets > 0, weight, weight / self.neg_scale)
+        return self.balance * weight * focal_bce(z, targets, self.gamma)
+
+
 def diversity_loss(
     expert_logits: torch.Tensor,
     distribution: Literal["softmax", "bernoulli"] = "softmax",

@@ -107,8 +107,9 @@ class MLGCNModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The state dict holds every weight and label vector: loading must not fetch or fit them again.
-        label_dim = next(v.shape[1] for k, v in self.state_dict().items() if k.endswith("gcn.label_vectors"))
+        # The state dict holds every weight and label vector: loading must not fetch or fit them again. Heads that
+        # keep no label vectors (linear, csra, ml_decoder without label-vector queries) restore with d = 0.
+        label_dim = next((v.shape[1] for k, v in self.state_dict().items() if k.endswith("label_vectors")), 0)
         hparams = {
             k: OmegaConf.to_container(v, enum_to_str=True) if isinstance(v, DictConfig) else v
             for k, v in checkpoint["hyper_parameters"].items()

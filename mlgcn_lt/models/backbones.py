@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,13 +99,70 @@ def _resnet_split(model: torchvision.models.ResNet, name: str) -> TrunkSplit:
     )
 
 
+def _densenet_split(model: torchvision.models.DenseNet, name: str) -> TrunkSplit:
+    """Trunk: features up to transition3 (stride 32 already); last stage: denseblock4 + norm5 + ReLU (the ReLU
+    DenseNet's forward applies after ``features``)."""
+    children = list(model.features.named_children())
+    cut = [n for n, _ in children].index("denseblock4")
+    last = nn.Sequential(OrderedDict([*children[cut:], ("relu5", nn.ReLU(inplace=False))]))
+    return TrunkSplit(
+        trunk=nn.Sequential(OrderedDict(children[:cut])),
+        last_stage=last,
+        num_features=model.classifier.in_features,
+        trunk_features=model.features.transition3.conv.out_channels,
+        reduction=32,
+        name=name,
+    )
+
+
+def _convnext_split(model: torchvision.models.ConvNeXt, name: str) -> TrunkSplit:
+    """Trunk: stem + stages 1-3 with their downsamples (features[0..5], stride 16); last stage: the last downsample
+    (LayerNorm2d + 2×2 conv) + stage 4 (features[6..7]). The pretrained classifier's LayerNorm, which torchvision
+    applies after pooling, is not used."""
+    return TrunkSplit(
+        trunk=model.features[:6],
+        last_stage=model.features[6:],
+        num_features=model.classifier[-1].in_features,
+        trunk_features=model.features[6][1].in_channels,
+        reduction=32,
+        name=name,
+    )
+
+
+def _efficientnet_split(model: torchvision.models.EfficientNet, name: str) -> TrunkSplit:
+    """Trunk: features[0..5] (stride 16); last stage: the last stride-2 block group (features[6]) + the 1×1 head
+    conv (features[7]); for EfficientNetV2-S 160 → 256 → 1280 channels."""
+    return TrunkSplit(
+        trunk=model.features[:6],
+        last_stage=model.features[6:],
+        num_features=model.classifier[-1].in_features,
+        trunk_features=model.features[6][0].block[0][0].in_channels,
+        reduction=32,
+        name=name,
+    )
+
+
 #: name → (torchvision builder, splitter). New families add one entry and one splitter.
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module, str], TrunkSplit]]] = {
     "resnet18": (torchvision.models.resnet18, _resnet_split),
     "resnet34": (torchvision.models.resnet34, _resnet_split),
     "resnet50": (torchvision.models.resnet50, _resnet_split),
     "resnet101": (torchvision.models.resnet101, _resnet_split),
+    "densenet121": (torchvision.models.densenet121, _densenet_split),
+    "convnext_tiny": (torchvision.models.convnext_tiny, _convnext_split),
+    "convnext_small": (torchvision.models.convnext_small, _convnext_split),
+    "efficientnet_v2_s": (torchvision.models.efficientnet_v2_s, _efficientnet_split),
 }
+
+#: torchvision's DenseNet checkpoints name layers ``norm.1``; the modules are ``norm1`` (torchvision remaps too).
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _fix_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-family renaming of checkpoint keys to the module names."""
+    if name.startswith("densenet"):
+        return {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
+    return state
 
 
 def available_backbones() -> list[str]:
@@ -134,10 +193,11 @@ def _load_weights(model: nn.Module, name: str, pretrained: str) -> None:
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(_fix_keys(name, state), strict=False)
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"{pretrained}: weights do not fit {name}: {e}") from e
-    classifier = {"fc.weight", "fc.bias", "classifier.weight", "classifier.bias"}
+    # The ImageNet classifier (``fc`` or ``classifier``, whatever its layout in the family) is never used.
+    classifier = {k for k in model.state_dict() if k.split(".")[0] in ("fc", "classifier")}
     missing = [k for k in result.missing_keys if k not in classifier]
     if missing:
         raise ValueError(f"{pretrained}: weights do not fit {name}; missing {missing[:5]} ({len(missing)} keys)")
