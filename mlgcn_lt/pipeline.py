@@ -7,7 +7,6 @@ thresholds tuned on validation), ``per_class_test.csv``, ``predictions_test.csv`
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,16 +61,18 @@ def build(cfg: DictConfig) -> tuple[CXRDataModule, MLGCNModule, L.Trainer]:
 
 
 def check_launch(cfg: DictConfig, trainer: L.Trainer) -> None:
-    """Refuse DDP that re-launches this script inside a local Hydra multirun (each child would re-run the sweep)."""
-    from hydra.core.hydra_config import HydraConfig
+    """Refuse DDP that re-launches this script inside a local Hydra multirun (each child would re-run the sweep).
 
-    if not HydraConfig.initialized() or trainer.world_size == 1 or "LOCAL_RANK" in os.environ:
+    Under SLURM (hydra/launcher=slurm) every rank is its own task and nothing is re-launched: allowed.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not HydraConfig.initialized() or trainer.world_size == 1 or SLURMEnvironment.detect():
         return
-    hydra = HydraConfig.get()
-    launcher = str(hydra.launcher.get("_target_", "")) if hydra.get("launcher") else ""
-    if str(hydra.mode) == "RunMode.MULTIRUN" and "BasicLauncher" in launcher:
+    if str(HydraConfig.get().mode) == "RunMode.MULTIRUN":
         raise RuntimeError(
-            "DDP inside a local multirun (-m with the basic launcher) re-launches the whole sweep in every process. "
+            "DDP inside a local multirun (-m without SLURM) would re-launch the whole sweep in every process. "
             "Run the jobs one at a time (drop -m), or use hydra/launcher=slurm (one task per GPU), or "
             "trainer.strategy=ddp_spawn."
         )
