@@ -27,6 +27,7 @@ class BestMetrics(L.Callback):
         self.monitor, self.mode, self.prefix = monitor, mode, prefix
         self.best: dict[str, float] = {}
         self.best_epoch: int | None = None
+        self.best_outputs: tuple | None = None  # not checkpointed: recomputed after a resume
 
     def _better(self, value: float) -> bool:
         if math.isnan(value):
@@ -43,6 +44,9 @@ class BestMetrics(L.Callback):
         if self._better(value):
             self.best = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)}
             self.best_epoch = trainer.current_epoch
+            # The best epoch's validation predictions (probs, targets, indices), e.g. to tune thresholds on them.
+            metric = getattr(pl_module, "val_metrics", None)
+            self.best_outputs = getattr(metric, "last", None)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}

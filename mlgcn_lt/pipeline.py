@@ -90,9 +90,13 @@ def _evaluate_best(
     out: Path, datamodule: CXRDataModule, model: MLGCNModule, trainer: L.Trainer, ckpt: str | None
 ) -> dict[str, Any]:
     """Tune F1 thresholds on validation, test the best checkpoint, write per-class and predictions files."""
-    if ckpt:  # validation predictions of the best weights (the last validation may be a later epoch)
-        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    val_probs, val_targets, _ = model.val_metrics.last
+    best = _find(trainer, BestMetrics)
+    if best is not None and best.best_outputs is not None:  # the best epoch's validation predictions
+        val_probs, val_targets, _ = best.best_outputs
+    else:  # e.g. resumed after the best epoch: predict validation again with the best weights
+        if ckpt:
+            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        val_probs, val_targets, _ = model.val_metrics.last
     thresholds = tune_thresholds(val_probs, val_targets)
     if trainer.is_global_zero:
         save_thresholds(out / "thresholds.json", model.classes, thresholds, f"val split, checkpoint {ckpt}")
