@@ -6,6 +6,7 @@ import math
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class BestMetrics(L.Callback):
@@ -41,3 +42,15 @@ class BestMetrics(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = dict(state_dict.get("best", {}))
         self.best_epoch = state_dict.get("best_epoch")
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, also showing the latest ``train/loss``: read once per refresh (``refresh_rate`` steps),
+    where ``self.log(..., prog_bar=True, on_step=True)`` would copy it to the host, a device sync, after every step."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("train/loss_step") if trainer.training else None
+        if loss is not None:
+            items["train/loss"] = f"{float(loss):.4g}"
+        return items
