@@ -3,8 +3,8 @@
 On CUDA: ``torch.cuda.max_memory_allocated`` above what is allocated before the step. On the CPU: the peak resident
 set (``VmHWM``, reset through ``/proc/self/clear_refs``) above the resident set before the step, with glibc's
 ``mmap`` threshold fixed low so freed tensors go back to the system and the resident set follows the live tensors.
-Both count activations, gradients and temporaries; weights and optimizer state (allocated by a first step) are the
-baseline.
+Both count activations, gradients (``grads_mib``, fp32) and temporaries; weights and optimizer state (allocated by a
+first step) are the baseline. Activations grow with the image size, gradients do not: measure at a large size.
 """
 
 from __future__ import annotations
@@ -51,22 +51,28 @@ def child(args: dict) -> dict:
 
     step()
     gc.collect()
+    grads = {"grads_mib": sum(p.numel() * 4 for p in module.parameters() if p.requires_grad) / 2**20}
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         step()
         torch.cuda.synchronize(dev)
-        return {"peak_mib": (torch.cuda.max_memory_allocated(dev) - base) / 2**20, "baseline_mib": base / 2**20}
+        return {
+            "peak_mib": (torch.cuda.max_memory_allocated(dev) - base) / 2**20,
+            "baseline_mib": base / 2**20,
+            **grads,
+        }
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set
     base = _status_kb("VmRSS")
     step()
-    return {"peak_mib": (_status_kb("VmHWM") - base) / 1024, "baseline_mib": base / 1024}
+    return {"peak_mib": (_status_kb("VmHWM") - base) / 1024, "baseline_mib": base / 1024, **grads}
 
 
 def measure_memory(**args) -> dict:
-    """Peak step memory without / with ``model.activation_checkpointing`` (fresh process each) and their ratio."""
+    """Peak step memory without / with ``model.activation_checkpointing`` (fresh process each) and their ratio
+    (also of the part above the gradients: activations and temporaries)."""
     env = {
         **os.environ,
         "MALLOC_MMAP_THRESHOLD_": "65536",
@@ -85,6 +91,8 @@ def measure_memory(**args) -> dict:
             raise RuntimeError(f"memory measurement failed:\n{proc.stderr[-3000:]}")
         out["checkpointing" if ckpt else "plain"] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["checkpointing_vs_plain"] = out["checkpointing"]["peak_mib"] / out["plain"]["peak_mib"]
+    above = [out[k]["peak_mib"] - out[k]["grads_mib"] for k in ("checkpointing", "plain")]
+    out["checkpointing_vs_plain_above_grads"] = above[0] / above[1] if above[1] > 0 else None
     return out
 
 
