@@ -20,6 +20,6 @@ def test_bench_quick_prints_table_and_json(capsys):
     for key in TARGETS:
         assert result[key] > 0, key
     assert set(result["loader"]["samples_per_s_per_worker"]) == {"naive", "ours", "cache"}
-    assert set(result["step"]["ms_per_step"]) == {"plain", "framework", "plain_1expert"}
+    assert set(result["step"]["ms_per_step"]) == {"plain", "framework", "plain_4experts", "plain_1expert"}
     assert result["memory"]["plain"]["peak_mib"] > 0 and result["memory"]["checkpointing"]["peak_mib"] > 0
     assert "framework (Lightning Trainer + MLGCNModule)" in captured.err and "targets:" in captured.err

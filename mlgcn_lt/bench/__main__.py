@@ -38,6 +38,8 @@ QUICK = {
     "loader_samples": 2,
     "loader_seconds": 0.0,
     "memory_size": 32,
+    "experts_size": 32,
+    "experts_steps": 2,
 }
 
 
@@ -56,6 +58,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     g.add_argument("--warmup", type=int, default=2)
     g.add_argument("--steps", type=int, default=10, help="timed steps per run (the framework logs every 10)")
     g.add_argument("--repeats", type=int, default=3)
+    g.add_argument("--experts-size", type=int, default=512, help="image size of the 1 vs N experts measurement")
+    g.add_argument("--experts-steps", type=int, default=3, help="timed steps per run of the experts measurement")
     g.add_argument("--memory-size", type=int, default=512, help="image size of the memory measurement")
     g = p.add_argument_group("loader")
     g.add_argument("--loader-size", type=int, default=1024, help="training image size")
@@ -112,8 +116,11 @@ def table(r: dict) -> str:
         x = st[f"experts{e}_vs_experts1"]
         flops = ", ".join(f"{k} {v:.2f}x" for k, v in st[f"experts{e}_vs_experts1_flops"].items())
         lines.append(
-            _row("plain PyTorch loop, 1 expert", ms["plain_1expert"], "ms", f"{e}/1: {x:.2f}x (FLOPs {flops})")
+            f"experts: plain loop at {st['experts_image_size']} px, median of {st['repeats']} x "
+            f"{st['experts_steps']} steps (training FLOPs {e}/1: {flops})"
         )
+        lines.append(_row(f"{e} experts", ms[f"plain_{e}experts"], "ms"))
+        lines.append(_row("1 expert", ms["plain_1expert"], "ms", f"{e}/1: {x:.2f}x"))
     if "memory" in r:
         m = r["memory"]
         lines.append(
@@ -171,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             result["step"] = measure_step(
                 work / "step",
                 size=args.image_size,
+                experts_size=args.experts_size,
+                experts_steps=args.experts_steps,
                 warmup=args.warmup,
                 steps=args.steps,
                 repeats=args.repeats,

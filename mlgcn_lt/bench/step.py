@@ -183,29 +183,43 @@ def measure_step(
     steps: int,
     repeats: int,
     device: str,
+    experts_size: int | None = None,
+    experts_steps: int | None = None,
     overrides: Sequence[str] = (),
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
-    """Medians over ``repeats`` interleaved rounds: plain vs framework with ``experts``, plain with one expert."""
+    """Medians over ``repeats`` interleaved rounds: plain vs framework with ``experts`` at ``size``, and the plain
+    loop with ``experts`` vs one expert at ``experts_size`` (default ``size``; per-parameter costs, the optimizer
+    and weight gradients, weigh more at small sizes than at the training size)."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    experts_size = experts_size or size
     cfg_n = compose(backbone, experts, device, overrides)
     cfg_1 = compose(backbone, 1, device, overrides)
     modules = {"n": build_module(cfg_n["model"]), "1": build_module(cfg_1["model"])}
-    loader = make_loader(warmup + steps, batch, size, len(CXR_LT_2023_CLASSES), device)
-    times: dict[str, list[float]] = {"plain": [], "framework": [], "plain_1expert": []}
+    classes = len(CXR_LT_2023_CLASSES)
+    loader = make_loader(warmup + steps, batch, size, classes, device)
+    e_loader = make_loader(warmup + (experts_steps or steps), batch, experts_size, classes, device)
+    times: dict[str, list[float]] = {"plain": [], "framework": [], f"plain_{experts}experts": [], "plain_1expert": []}
     for r in range(repeats):
         times["plain"].append(run_plain(modules["n"], loader, warmup, cfg_n["trainer"], device))
         times["framework"].append(
             run_framework(modules["n"], loader, warmup, cfg_n["trainer"], device, workdir / f"fit{r}")
         )
-        times["plain_1expert"].append(run_plain(modules["1"], loader, warmup, cfg_1["trainer"], device))
+        if experts_size == size and experts_steps in (None, steps):
+            times[f"plain_{experts}experts"].append(times["plain"][-1])
+        else:
+            times[f"plain_{experts}experts"].append(run_plain(modules["n"], e_loader, warmup, cfg_n["trainer"], device))
+        times["plain_1expert"].append(run_plain(modules["1"], e_loader, warmup, cfg_1["trainer"], device))
         log(f"step round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in times.items()))
     ratio = [f / p for f, p in zip(times["framework"], times["plain"], strict=True)]
-    experts_ratio = [p / p1 for p, p1 in zip(times["plain"], times["plain_1expert"], strict=True)]
-    flops = {f"{s}px": expert_flops_ratio((cfg_1["model"], cfg_n["model"]), s) for s in sorted({size, 1024})}
+    experts_ratio = [a / b for a, b in zip(times[f"plain_{experts}experts"], times["plain_1expert"], strict=True)]
+    flops = {
+        f"{s}px": expert_flops_ratio((cfg_1["model"], cfg_n["model"]), s) for s in sorted({size, experts_size, 1024})
+    }
     return {
         "backbone": backbone,
         "image_size": size,
+        "experts_image_size": experts_size,
         "batch": batch,
         "experts": experts,
         "device": device,
@@ -214,6 +228,7 @@ def measure_step(
         "model_overrides": [*DEFAULT_MODEL, *overrides],
         "warmup": warmup,
         "steps": steps,
+        "experts_steps": experts_steps or steps,
         "repeats": repeats,
         "ms_per_step": {k: statistics.median(v) for k, v in times.items()},
         "step_overhead_vs_plain": statistics.median(ratio),
