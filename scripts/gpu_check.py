@@ -4,7 +4,8 @@ ResNet-101, 4 experts, LSE pooling, attention (``model/attention=mha``), RIDE lo
 channels_last, fed by the cached loader. Measures, in one run of ~5-8 minutes on one H200:
 
 1. loader: images/s of the training DataLoader alone (cache + augmentation, ``data.num_workers`` workers);
-2. step: images/s of the bare training step on a batch already on the device (no loader);
+2. step: images/s of the bare training step on a batch already on the device (no loader), with 4 experts and with
+   one (``experts4_vs_experts1``: step time ratio);
 3. end to end: images/s of ``Trainer.fit`` (MLGCNModule, the configured trainer, logger, progress bar) fed by the
    cached loader; the GPU starves when this falls short of (2) while (1) is below (2);
 4. peak memory of a step at ``--batch`` with and without ``model.activation_checkpointing``;
@@ -252,6 +253,10 @@ def main() -> int:
         dm = datamodule(root, work, args.size, args.batch, samples)
         report("loader_images_per_s", loader_rate(dm, min(args.steps, 20)))
         report("step_images_per_s", step_rate(cfg, args.batch, args.size, args.steps))
+        _free()
+        one = compose("resnet101", 1, "cuda")
+        report("step_images_per_s_1expert", step_rate(one, args.batch, args.size, args.steps))
+        report("experts4_vs_experts1", result["step_images_per_s_1expert"] / result["step_images_per_s"])
         _free()
         report("fit_images_per_s", fit_rate(cfg, dm, work, 5, args.steps))
         report("loader_vs_step", result["loader_images_per_s"] / result["step_images_per_s"])
