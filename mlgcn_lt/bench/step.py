@@ -95,7 +95,8 @@ def _optimizer(module: MLGCNModule) -> torch.optim.Optimizer:
 
 
 def run_plain(module: MLGCNModule, loader: DataLoader, warmup: int, trainer_cfg: dict, device: str) -> float:
-    """ms per step of the bare loop: forward (autocast as the trainer's precision), loss, backward, clip, step."""
+    """ms per step of the bare loop: zero grads, forward (autocast as the trainer's precision), loss, backward, clip,
+    step."""
     dev = torch.device(device)
     module.to(dev).train()
     net, loss_fn, opt = module.net, module.loss_fn, _optimizer(module)
@@ -111,9 +112,9 @@ def run_plain(module: MLGCNModule, loader: DataLoader, warmup: int, trainer_cfg:
     for i, batch in enumerate(loader):
         images = batch["image"].to(dev, non_blocking=True)
         target = batch["target"].to(dev, non_blocking=True)
+        opt.zero_grad(set_to_none=True)  # before the forward pass, as Lightning does: grads freed meanwhile
         with amp():
             loss = loss_fn(net(images), target).total
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
