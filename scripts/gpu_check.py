@@ -112,9 +112,9 @@ def step_fn(module, batch: int, size: int):
     params = [p for p in module.parameters() if p.requires_grad]
 
     def step() -> None:
+        opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = module.loss_fn(module.net(images), target).total
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
