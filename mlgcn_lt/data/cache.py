@@ -70,10 +70,11 @@ def _fingerprints(paths: Sequence[Path]) -> list[tuple[int, int] | None]:
             return None
         return st.st_size, st.st_mtime_ns
 
-    if len(paths) < 256:
+    if len(paths) < 4096:
         return [one(p) for p in paths]
+    parts = [paths[i : i + 1024] for i in range(0, len(paths), 1024)]  # (a network file system gains most)
     with cf.ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(one, paths, chunksize=256))
+        return [fp for part in pool.map(lambda ps: [one(p) for p in ps], parts) for fp in part]
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -150,11 +151,21 @@ class StoreIndex:
 
 
 def open_cached(
-    table: ImageTable, cache_dir: str | os.PathLike, size: int, resample: Resample, how_to_build: str = ""
+    table: ImageTable,
+    cache_dir: str | os.PathLike,
+    size: int,
+    resample: Resample,
+    how_to_build: str = "",
+    index: StoreIndex | None = None,
 ) -> CachedImages:
-    """Reader for every row of ``table``; :class:`CacheError` naming what is missing or stale otherwise."""
+    """Reader for every row of ``table``; :class:`CacheError` naming what is missing or stale otherwise.
+
+    ``index``: the store's index when already loaded (several tables under one root).
+    """
     store = store_dir(cache_dir, table.root, size, resample)
-    reader, missing, stale = StoreIndex.load(store, size).lookup(table)
+    if index is None or index.store != store:
+        index = StoreIndex.load(store, size)
+    reader, missing, stale = index.lookup(table)
     if missing or stale:
         parts = []
         if missing:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mlgcn_lt.data.cache import CachedImages, open_cached
+from mlgcn_lt.data.cache import CachedImages, StoreIndex, open_cached, store_dir
 from mlgcn_lt.data.dataset import ImageTableDataset
 from mlgcn_lt.data.images import AugmentConfig, Resample, build_transform
 from mlgcn_lt.data.samplers import LabelSampler, RandomSampler
@@ -140,8 +140,11 @@ class CXRDataModule(L.LightningDataModule):
                 )
         if self.cache_dir:
             how = f"data.root={self.root} data.image_size={self.image_size} data.cache_dir={self.cache_dir}"
+            store = store_dir(self.cache_dir, self.root, self.image_size, self.resample)
+            index = StoreIndex.load(store, self.image_size)  # once for all splits
             self.cached = {
-                s: open_cached(t, self.cache_dir, self.image_size, self.resample, how) for s, t in self.tables.items()
+                s: open_cached(t, self.cache_dir, self.image_size, self.resample, how, index)
+                for s, t in self.tables.items()
             }
         train = self.tables["train"]
         self.stats = LabelStats.from_labels(train.labels, train.classes, **self.group_sizes)
