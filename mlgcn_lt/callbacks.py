@@ -13,6 +13,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +144,15 @@ class Preemption(L.Callback):
         previous = self._previous.get(self.received) if self.received else None
         if callable(previous):  # e.g. submitit: requeue the job now that the checkpoint exists
             previous(self.received, None)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, also showing the latest ``train/loss``: read once per refresh (``refresh_rate`` steps),
+    where ``self.log(..., prog_bar=True, on_step=True)`` would copy it to the host, a device sync, after every step."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("train/loss_step") if trainer.training else None
+        if loss is not None:
+            items["train/loss"] = f"{float(loss):.4g}"
+        return items

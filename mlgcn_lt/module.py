@@ -50,6 +50,7 @@ class MLGCNModule(L.LightningModule):
         share_attention: bool = False,
         ensemble: Literal["logits", "probs"] = "logits",
         input_norm: Literal["imagenet", "unit"] = "imagenet",
+        activation_checkpointing: bool = False,
         stats: Mapping[str, Any],
         data_info: Mapping[str, Any] | None = None,
         restore: Mapping[str, Any] | None = None,
@@ -104,6 +105,7 @@ class MLGCNModule(L.LightningModule):
             width=hp.expert_width,
             ensemble=hp.ensemble,
             input_norm=hp.input_norm,
+            activation_checkpointing=hp.get("activation_checkpointing", False),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -147,7 +149,9 @@ class MLGCNModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self._loss(batch)
         bs = batch["image"].shape[0]
-        self.log("train/loss", loss.total, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        # Not prog_bar: Lightning converts progress-bar values with .item() after every step (a device sync).
+        # Loggers read train/loss_step every trainer.log_every_n_steps; callbacks.ProgressBar shows it per refresh.
+        self.log("train/loss", loss.total, on_step=True, on_epoch=True, batch_size=bs)
         if len(loss.terms) > 1:
             self.log_dict({f"train/{k}": v for k, v in loss.terms.items()}, on_step=False, on_epoch=True, batch_size=bs)
         return loss.total

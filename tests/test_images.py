@@ -8,7 +8,14 @@ import torch
 from PIL import Image
 
 from conftest import write_image
-from mlgcn_lt.data.images import AugmentConfig, ImageDecodeError, build_transform, load_grayscale
+from mlgcn_lt.data.images import (
+    AugmentConfig,
+    ImageDecodeError,
+    affine_matrix,
+    build_transform,
+    intensity_lut,
+    load_grayscale,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +90,38 @@ def test_eval_transform_is_plain_uint8_and_train_transform_augments(tmp_path):
     assert aug.dtype == torch.uint8 and aug.shape == (1, 32, 32)
     assert not torch.equal(aug, plain)
     assert build_transform(AugmentConfig(enabled=False))(img).equal(plain)
+
+
+def test_augmentation_without_changes_is_the_identity_and_flip_mirrors():
+    arr = np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8)
+    still = AugmentConfig(degrees=0, translate=0, scale_min=1, scale_max=1, brightness=0, contrast=0)
+    np.testing.assert_array_equal(build_transform(still)(arr)[0].numpy(), arr)
+    flip = AugmentConfig(degrees=0, translate=0, scale_min=1, scale_max=1, brightness=0, contrast=0, hflip=1.0)
+    np.testing.assert_array_equal(build_transform(flip)(arr)[0].numpy(), arr[:, ::-1])
+
+
+def test_augmentation_is_seeded_by_torch_and_takes_pil_or_arrays():
+    arr = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    t = build_transform(AugmentConfig(hflip=0.5))
+    torch.manual_seed(3)
+    a = t(arr)
+    torch.manual_seed(3)
+    assert torch.equal(a, t(Image.fromarray(arr)))
+    assert not torch.equal(a, t(arr))
+
+
+@pytest.mark.parametrize("brightness_first", [True, False])
+def test_intensity_lut_equals_brightness_and_contrast_applied_in_turn(brightness_first):
+    arr = np.random.default_rng(1).integers(0, 256, (40, 50)).astype(np.float64)
+    hist = np.bincount(arr.astype(np.uint8).ravel(), minlength=256).astype(np.float64)
+    lut = intensity_lut(hist, brightness=1.13, contrast=0.88, brightness_first=brightness_first)
+    x = arr
+    for op in ("b", "c") if brightness_first else ("c", "b"):
+        x = np.clip(x * 1.13, 0, 255) if op == "b" else np.clip((x - x.mean()) * 0.88 + x.mean(), 0, 255)
+    np.testing.assert_array_equal(lut[arr.astype(np.uint8)], np.rint(x).astype(np.uint8))
+
+
+def test_affine_matrix_rotates_scales_and_shifts_about_the_centre():
+    m = affine_matrix((11, 11), angle=90.0, scale=2.0, shift=(1.0, -1.0))
+    np.testing.assert_allclose(m @ [5, 5, 1], [6, 4], atol=1e-9)  # the centre only moves by the shift
+    np.testing.assert_allclose(m @ [6, 5, 1] - m @ [5, 5, 1], [0, -2], atol=1e-9)  # 90° turn, doubled

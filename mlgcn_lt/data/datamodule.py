@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mlgcn_lt.data.cache import CachedImages, StoreIndex, open_cached, store_dir
 from mlgcn_lt.data.dataset import ImageTableDataset
-from mlgcn_lt.data.images import AugmentConfig, build_transform
+from mlgcn_lt.data.images import AugmentConfig, Resample, build_transform
 from mlgcn_lt.data.samplers import AugmentationSeeds, EvalShardSampler, LabelSampler, RandomSampler
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, UncertainPolicy, read_table, split_by_group
@@ -29,6 +30,8 @@ class CXRDataModule(L.LightningDataModule):
     """Multi-label image tables → loaders; the training sampler is an injected factory ``(labels, seed) → Sampler``.
 
     ``val_csv`` / ``test_csv`` left empty are carved out of ``train_csv`` by patient (``split``), seeded.
+    With ``cache_dir`` set, every split reads the images decoded and resized once by
+    ``python -m mlgcn_lt.data.preprocess`` (setup fails, naming the command, if any image is missing or stale).
     """
 
     def __init__(
@@ -40,6 +43,8 @@ class CXRDataModule(L.LightningDataModule):
         val_csv: str | None = None,
         test_csv: str | None = None,
         image_size: int = 1024,
+        resample: Resample = "bilinear",
+        cache_dir: str | None = None,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -66,6 +71,8 @@ class CXRDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.csvs = {"train": train_csv, "val": val_csv, "test": test_csv}
         self.image_size = int(image_size)
+        self.resample: Resample = str(resample)  # type: ignore[assignment] (a Hydra enum member pickles badly)
+        self.cache_dir = cache_dir
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
@@ -85,6 +92,7 @@ class CXRDataModule(L.LightningDataModule):
         #: one of 260k images are different amounts of training).
         self.max_epochs = max_epochs
         self.tables: dict[str, ImageTable] = {}
+        self.cached: dict[str, CachedImages] = {}
         self.stats: LabelStats | None = None
 
     @staticmethod
@@ -130,6 +138,14 @@ class CXRDataModule(L.LightningDataModule):
                 raise TableError(
                     f"{table.source}: classes differ from the training table's {self.tables['train'].classes}"
                 )
+        if self.cache_dir:
+            how = f"data.root={self.root} data.image_size={self.image_size} data.cache_dir={self.cache_dir}"
+            store = store_dir(self.cache_dir, self.root, self.image_size, self.resample)
+            index = StoreIndex.load(store, self.image_size)  # once for all splits
+            self.cached = {
+                s: open_cached(t, self.cache_dir, self.image_size, self.resample, how, index)
+                for s, t in self.tables.items()
+            }
         train = self.tables["train"]
         self.stats = LabelStats.from_labels(train.labels, train.classes, **self.group_sizes)
         log.info(
@@ -138,7 +154,8 @@ class CXRDataModule(L.LightningDataModule):
             len(train.classes),
         )
 
-    def _read_splits(self) -> dict[str, ImageTable]:
+    def read_sources(self) -> dict[str, ImageTable]:
+        """The tables as read from the configured CSVs (before carving missing splits out of train)."""
         read = {
             s: read_table(self.format, self._abs(p), self.root, **self.reader_options)
             for s, p in self.csvs.items()
@@ -146,6 +163,10 @@ class CXRDataModule(L.LightningDataModule):
         }
         if "train" not in read:
             raise TableError("data.train_csv is required")
+        return read
+
+    def _read_splits(self) -> dict[str, ImageTable]:
+        read = self.read_sources()
         missing = [s for s in ("val", "test") if s not in read]
         if missing:
             fractions = [self.split[f"{s}_fraction"] for s in missing]
@@ -173,7 +194,9 @@ class CXRDataModule(L.LightningDataModule):
     def dataset(self, split: str, *, train_transform: bool | None = None) -> ImageTableDataset:
         self._need_setup()
         augment = self.augment if (train_transform if train_transform is not None else split == "train") else None
-        return ImageTableDataset(self.tables[split], self.image_size, build_transform(augment))
+        return ImageTableDataset(
+            self.tables[split], self.image_size, build_transform(augment), self.cached.get(split), self.resample
+        )
 
     def build_sampler(self) -> LabelSampler:
         return self.sampler_factory(labels=self.tables["train"].labels, seed=self.seed)

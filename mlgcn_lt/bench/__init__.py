@@ -1,0 +1,1 @@
+"""The benchmark (``python -m mlgcn_lt.bench``): loader throughput, training-step overhead, experts, memory."""
