@@ -2,6 +2,7 @@
 
 Run directory: ``config.yaml`` (resolved), ``label_stats.json``, ``checkpoints/``, ``thresholds.json`` (F1
 thresholds tuned on validation), ``per_class_test.csv``, ``predictions_test.csv`` and ``metrics.json``.
+With SWA (``callbacks/averaging=swa``) the averaged final model (``checkpoints/swa.ckpt``) replaces the best epoch.
 """
 
 from __future__ import annotations
