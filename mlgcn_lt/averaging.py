@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,19 @@ class SWA(StochasticWeightAveraging):
     def transfer_weights(self, src_pl_module: L.LightningModule, dst_pl_module: L.LightningModule) -> None:
         super().transfer_weights(src_pl_module, dst_pl_module)
         self._transferred = True
+
+    def reset_batch_norm_and_save_state(self, pl_module: L.LightningModule) -> None:
+        """Lightning resets every BatchNorm before the statistics pass; one in eval mode (a frozen representation,
+        ``model.freeze``) would not recompute its statistics, so it keeps them."""
+        frozen = {
+            m: {k: getattr(m, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")}
+            for m in pl_module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training and m.track_running_stats
+        }
+        super().reset_batch_norm_and_save_state(pl_module)
+        for m, buffers in frozen.items():
+            for k, v in buffers.items():
+                setattr(m, k, v)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

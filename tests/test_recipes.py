@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 from conftest import TINY_OVERRIDES, compose_config
 from mlgcn_lt import pipeline
-from mlgcn_lt.averaging import EMA, ema_update
+from mlgcn_lt.averaging import EMA, SWA, ema_update
 from mlgcn_lt.decoupled import Stage1Mismatch, read_stage1, representation_prefixes
 from mlgcn_lt.inference import load_checkpoint
 
@@ -181,6 +181,21 @@ def test_swa_refuses_early_stopping(tiny_cxr_lt, tmp_path, hydra_cleanup):
     cfg = _compose(tiny_cxr_lt, tmp_path / "swa_es", "callbacks/averaging=swa")
     with pytest.raises(ValueError, match="callbacks.early_stopping=null"):
         pipeline.train(cfg)
+
+
+def test_swa_statistics_pass_keeps_frozen_batchnorm():
+    class Two(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frozen, self.trained = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+
+    module = Two()
+    for bn in (module.frozen, module.trained):
+        bn.running_mean.fill_(2.0)
+    module.frozen.eval()
+    SWA().reset_batch_norm_and_save_state(module)
+    assert torch.equal(module.frozen.running_mean, torch.full((3,), 2.0))  # eval mode: would not be recomputed
+    assert torch.equal(module.trained.running_mean, torch.zeros(3)) and module.trained.momentum is None
 
 
 # ------------------------------------------------------------------ cRT (Kang et al. 2020)
