@@ -87,14 +87,16 @@ class SWA(StochasticWeightAveraging):
     ``annealing_epochs`` and the weights are averaged once per epoch; at the end the average replaces the weights
     and, for models with BatchNorm, one extra pass over the training data recomputes its statistics.
 
-    The result is that final model, not the best epoch: it is written to ``<checkpoints>/swa.ckpt`` and train()
-    validates and tests it. SWA runs to ``max_epochs``, so early stopping is refused.
+    Lightning averages the weights found at the *start* of each SWA epoch (so the last epoch's updates are not in
+    the average; tested). The result is that final model, not the best epoch: it is written to
+    ``<checkpoints>/swa.ckpt`` and train() validates and tests it. SWA runs to ``max_epochs``: early stopping is
+    refused.
     """
 
     def __init__(
         self,
         swa_lrs: float = 1e-5,
-        swa_epoch_start: Any = 0.8,
+        swa_epoch_start: Any = 0.8,  # int (an epoch) or float (a fraction): a float schema would turn 2 into 2.0
         annealing_epochs: int = 1,
         annealing_strategy: Literal["cos", "linear"] = "cos",
         device: str | None = "cpu",
