@@ -2,6 +2,10 @@
 
 The module receives its parts as configs (``_recursive_: false``) plus the training label statistics, and saves
 them as hyper-parameters: a checkpoint alone rebuilds the model (``MLGCNModule.load_from_checkpoint(path)``).
+
+Decoupled training (cRT, Kang et al. ICLR 2020; ``mlgcn_lt/decoupled.py``): ``init_from`` starts from another run's
+checkpoint (all weights, or only the representation with ``reset_heads``), ``freeze="representation"`` keeps the
+trunk and the expert stages fixed (no gradients, BatchNorm statistics frozen: eval mode) so that only the heads train.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mlgcn_lt.data.stats import LabelStats
+from mlgcn_lt.decoupled import Stage1, freeze_representation, load_stage1, read_stage1
 from mlgcn_lt.losses import LossOutput, build_loss
 from mlgcn_lt.metrics import MultilabelMetrics
 from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
@@ -51,6 +56,9 @@ class MLGCNModule(L.LightningModule):
         ensemble: Literal["logits", "probs"] = "logits",
         input_norm: Literal["imagenet", "unit"] = "imagenet",
         activation_checkpointing: bool = False,
+        init_from: str | None = None,
+        reset_heads: bool = False,
+        freeze: Literal["none", "representation"] = "none",
         stats: Mapping[str, Any],
         data_info: Mapping[str, Any] | None = None,
         restore: Mapping[str, Any] | None = None,
@@ -59,7 +67,15 @@ class MLGCNModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.stats = LabelStats.from_dict(dict(stats))
         self.classes = list(self.stats.classes)
-        self.net = self._build_net(restore)
+        # A checkpoint of this model (restore) already holds the weights: init_from only applies to a new model.
+        stage1 = self._read_stage1() if init_from and restore is None else None
+        self.net = self._build_net(restore, stage1)
+        if stage1 is not None:
+            load_stage1(self.net, stage1, heads=not reset_heads)
+            log.info("initialised from %s (%s)", init_from, "representation only" if reset_heads else "all weights")
+        if freeze == "representation":
+            freeze_representation(self.net)
+            self.train()
         self.loss_fn = build_loss(_cfg(loss), self.stats)
         #: Test-time augmentations applied in test / predict (set by eval and submission code).
         self.tta: tuple[str, ...] = ()
@@ -67,12 +83,18 @@ class MLGCNModule(L.LightningModule):
         self.test_metrics = MultilabelMetrics(self.classes, self.stats.groups)
 
     # ------------------------------------------------------------------ construction
-    def _build_net(self, restore: Mapping[str, Any] | None) -> MultiExpertNet:
+    def _read_stage1(self) -> Stage1:
+        hp = self.hparams
+        return read_stage1(hp.init_from, classes=self.classes, num_experts=hp.num_experts, backbone=hp.backbone["name"])
+
+    def _build_net(self, restore: Mapping[str, Any] | None, stage1: Stage1 | None = None) -> MultiExpertNet:
         hp = self.hparams
         backbone_cfg = _cfg(hp.backbone)
-        if restore is not None:  # weights come from the checkpoint: no pretrained download, no embedding fit
+        if restore is not None or stage1 is not None:  # the weights come from a checkpoint: no pretrained download
             backbone_cfg = OmegaConf.merge(backbone_cfg, {"pretrained": "none"})
-            vectors = torch.zeros(self.stats.num_classes, int(restore["label_dim"])).numpy()
+        if restore is not None or (stage1 is not None and not hp.reset_heads):  # ... and no label-embedding fit
+            label_dim = restore["label_dim"] if restore is not None else stage1.label_dim
+            vectors = torch.zeros(self.stats.num_classes, int(label_dim)).numpy()
         else:
             vectors = instantiate(_cfg(hp.label_embedding))(self.stats)
         backbone = instantiate(backbone_cfg)
@@ -119,6 +141,14 @@ class MLGCNModule(L.LightningModule):
         hparams["restore"] = {"label_dim": int(label_dim)}
         # Plain containers only, so the checkpoint loads with torch.load(weights_only=True).
         checkpoint["hyper_parameters"] = hparams
+
+    def train(self, mode: bool = True) -> MLGCNModule:
+        """Train / eval mode; a frozen representation stays in eval mode (BatchNorm statistics unchanged)."""
+        super().train(mode)
+        if self.hparams.freeze == "representation":
+            for m in self.net.representation():
+                m.eval()
+        return self
 
     # ------------------------------------------------------------------ forward / steps
     def forward(self, images: torch.Tensor) -> ModelOutput:

@@ -2,6 +2,7 @@
 
 Run directory: ``config.yaml`` (resolved), ``label_stats.json``, ``checkpoints/``, ``thresholds.json`` (F1
 thresholds tuned on validation), ``per_class_test.csv``, ``predictions_test.csv`` and ``metrics.json``.
+With SWA (``callbacks/averaging=swa``) the averaged final model (``checkpoints/swa.ckpt``) replaces the best epoch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlgcn_lt.averaging import SWA
 from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.evaluation import save_thresholds, tune_thresholds, tuned_f1_metrics, write_split_outputs
@@ -86,16 +88,29 @@ def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
 
+def _validate(trainer: L.Trainer, model: MLGCNModule, datamodule: CXRDataModule, ckpt: str) -> dict[str, float]:
+    """Validate a checkpoint; its ``val/*`` metrics (predictions stay in ``model.val_metrics.last``)."""
+    trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
 def _evaluate_best(
-    out: Path, datamodule: CXRDataModule, model: MLGCNModule, trainer: L.Trainer, ckpt: str | None
+    out: Path,
+    datamodule: CXRDataModule,
+    model: MLGCNModule,
+    trainer: L.Trainer,
+    ckpt: str | None,
+    validated: bool = False,
 ) -> dict[str, Any]:
     """Tune F1 thresholds on validation, test the best checkpoint, write per-class and predictions files."""
     best = _find(trainer, BestMetrics)
-    if best is not None and best.best_outputs is not None:  # the best epoch's validation predictions
+    if validated:  # e.g. SWA: the checkpoint was just validated, its predictions are in the model
+        val_probs, val_targets, _ = model.val_metrics.last
+    elif best is not None and best.best_outputs is not None:  # the best epoch's own validation predictions
         val_probs, val_targets, _ = best.best_outputs
     else:  # e.g. resumed after the best epoch: predict validation again with the best weights
         if ckpt:
-            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            _validate(trainer, model, datamodule, ckpt)
         val_probs, val_targets, _ = model.val_metrics.last
     thresholds = tune_thresholds(val_probs, val_targets)
     if trainer.is_global_zero:
@@ -154,12 +169,17 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         else {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     )
     checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    best_epoch = best.best_epoch if best is not None else None
+    swa_checkpoint = getattr(_find(trainer, SWA), "final_checkpoint", None)
+    if swa_checkpoint:  # SWA's result is the averaged final model, not the best epoch
+        checkpoint, best_epoch = swa_checkpoint, None
+        val = _validate(trainer, model, datamodule, checkpoint)
     metrics: dict[str, Any] = {**val}
     if cfg.get("test"):
-        metrics.update(_evaluate_best(out, datamodule, model, trainer, checkpoint))
+        metrics.update(_evaluate_best(out, datamodule, model, trainer, checkpoint, validated=bool(swa_checkpoint)))
     metrics.update(
         {
-            "best_epoch": best.best_epoch if best is not None else None,
+            "best_epoch": best_epoch,
             "best_checkpoint": checkpoint,
             "wall_time_s": round(time.time() - start, 1),
         }

@@ -127,3 +127,34 @@ def tiny_cfg(tiny_cxr_lt: Path, tmp_path: Path, hydra_cleanup):
         return compose_config([f"data.root={tiny_cxr_lt}", *TINY_OVERRIDES, *extra], tmp_path / "run")
 
     return make
+
+
+def train_stage1(data_root: Path, output_dir: Path, *overrides: str) -> Path:
+    """A short real training run on the tiny data (one epoch of two batches, no test): its best checkpoint."""
+    from mlgcn_lt.pipeline import train
+
+    cfg = compose_config(
+        [
+            f"data.root={data_root}",
+            *TINY_OVERRIDES,
+            "debug=limit",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "test=false",
+            *overrides,
+        ],
+        output_dir,
+    )
+    try:
+        return Path(train(cfg)["best_checkpoint"])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def stage1_checkpoint(tiny_cxr_lt: Path, tmp_path_factory) -> Path:
+    """A stage-1 checkpoint for decoupled training (cRT): resnet18, 2 experts, one short epoch of SGD."""
+    out = tmp_path_factory.mktemp("stage1")
+    return train_stage1(tiny_cxr_lt, out, "model.num_experts=2", "model/optimizer=sgd", "model.optimizer.momentum=0")

@@ -24,6 +24,7 @@ GROUPS = [
     "trainer",
     "logger",
     "callbacks",
+    "callbacks/averaging",
     "debug",
 ]
 

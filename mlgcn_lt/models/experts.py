@@ -142,6 +142,14 @@ class MultiExpertNet(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
+    def representation(self) -> list[nn.Module]:
+        """The shared trunk and every expert's last stage: what decoupled training (cRT) keeps fixed."""
+        return [self.trunk, *(expert.stage for expert in self.experts)]
+
+    def heads(self) -> list[nn.Module]:
+        """Every expert's classifier head (pooling, attention, classifiers)."""
+        return [expert.head for expert in self.experts]
+
     def forward(self, images: torch.Tensor) -> ModelOutput:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             shared = run_checkpointed(self.trunk, self.normalize(images))

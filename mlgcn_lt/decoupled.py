@@ -1,0 +1,95 @@
+"""Decoupled training: classifier re-training (cRT) of Kang et al., "Decoupling Representation and Classifier for
+Long-Tailed Recognition", ICLR 2020.
+
+Stage 1 learns the representation with plain sampling; stage 2 starts from a stage-1 checkpoint
+(``model.init_from``), keeps the representation fixed (``model.freeze=representation``: the shared trunk and every
+expert's last stage, without gradients and with BatchNorm in eval mode) and retrains the classifier heads
+(re-initialised with ``model.reset_heads=true``) with class-balanced sampling. See ``conf/experiment/crt.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlgcn_lt.models.experts import MultiExpertNet
+
+
+class Stage1Mismatch(ValueError):
+    """A stage-1 checkpoint that does not fit the model being built; the message names the difference."""
+
+
+@dataclass(frozen=True)
+class Stage1:
+    """The network weights of a stage-1 checkpoint (keys relative to ``MLGCNModule.net``) and its label-vector size."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    label_dim: int
+
+
+def read_stage1(path: str | Path, *, classes: list[str], num_experts: int, backbone: str) -> Stage1:
+    """Load a stage-1 checkpoint (``weights_only``) and refuse one with other classes, experts or backbone.
+
+    A checkpoint written with EMA holds the averaged weights as its ``state_dict``: those are used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp: dict[str, Any] = ckpt.get("hyper_parameters") or {}
+    theirs = {
+        "classes": list((hp.get("stats") or {}).get("classes", [])),
+        "num_experts": hp.get("num_experts"),
+        "backbone": (hp.get("backbone") or {}).get("name"),
+    }
+    ours = {"classes": list(classes), "num_experts": num_experts, "backbone": backbone}
+    differences = [f"{k}: checkpoint {theirs[k]!r}, model {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
+    if differences:
+        if theirs["classes"] != ours["classes"]:
+            missing = [c for c in ours["classes"] if c not in theirs["classes"]]
+            extra = [c for c in theirs["classes"] if c not in ours["classes"]]
+            differences.append(f"classes missing in the checkpoint {missing}, unknown to the data {extra}")
+        raise Stage1Mismatch(f"model.init_from={path} does not fit this model: " + "; ".join(differences))
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    label_dim = int((hp.get("restore") or {}).get("label_dim", 0))
+    return Stage1(path, state, label_dim)
+
+
+def representation_prefixes(net: MultiExpertNet) -> tuple[str, ...]:
+    """State-dict prefixes of the representation: the shared trunk and each expert's last stage."""
+    return ("trunk.", *(f"experts.{i}.stage." for i in range(net.num_experts)))
+
+
+def load_stage1(net: MultiExpertNet, stage1: Stage1, *, heads: bool) -> None:
+    """Copy the stage-1 representation into ``net`` (and the heads too when ``heads``); every copied key must exist
+    with the same shape on both sides."""
+    prefixes = representation_prefixes(net)
+    wanted = {k: v for k, v in stage1.state.items() if heads or k.startswith(prefixes)}
+    own = net.state_dict()
+    expected = [k for k in own if heads or k.startswith(prefixes)]
+    missing = sorted(set(expected) - set(wanted))
+    unexpected = sorted(set(wanted) - set(own))
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in wanted.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise Stage1Mismatch(
+            f"model.init_from={stage1.path}: weights do not fit (other architecture options than stage 1?) "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shapes (checkpoint vs model) {shapes[:5]}"
+        )
+    net.load_state_dict(wanted, strict=False)
+
+
+def freeze_representation(net: MultiExpertNet) -> list[nn.Module]:
+    """Stop gradients through the trunk and the expert stages; return them (the caller keeps them in eval mode)."""
+    frozen = net.representation()
+    for m in frozen:
+        m.requires_grad_(False)
+    return frozen
