@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.decoupled import Stage1, freeze_representation, load_stage1, read_stage1
+from mlgcn_lt.guards import NonFiniteTracker, checkpoint_differences
 from mlgcn_lt.losses import LossOutput, build_loss
 from mlgcn_lt.metrics import MultilabelMetrics
 from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
@@ -59,6 +60,8 @@ class MLGCNModule(L.LightningModule):
         init_from: str | None = None,
         reset_heads: bool = False,
         freeze: Literal["none", "representation"] = "none",
+        on_nonfinite: Literal["error", "skip"] = "error",
+        nonfinite_check_every_n_steps: int | None = None,
         stats: Mapping[str, Any],
         data_info: Mapping[str, Any] | None = None,
         restore: Mapping[str, Any] | None = None,
@@ -79,6 +82,10 @@ class MLGCNModule(L.LightningModule):
         self.loss_fn = build_loss(_cfg(loss), self.stats)
         #: Test-time augmentations applied in test / predict (set by eval and submission code).
         self.tta: tuple[str, ...] = ()
+        #: Non-finite losses: tracked on the device, checked every ``nonfinite_check_every_n_steps`` (default: at
+        #: logging steps) and at epoch end (``error``), or decided per batch (``skip``, counted).
+        self.nonfinite = NonFiniteTracker()
+        self.skipped_nonfinite = 0
         self.val_metrics = MultilabelMetrics(self.classes, self.stats.groups)
         self.test_metrics = MultilabelMetrics(self.classes, self.stats.groups)
 
@@ -176,15 +183,50 @@ class MLGCNModule(L.LightningModule):
             views += [v.flip(-1) for v in views]
         return torch.stack([torch.sigmoid(self(v).logits.float()) for v in views]).mean(0)
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         _, loss = self._loss(batch)
         bs = batch["image"].shape[0]
+        if self.hparams.on_nonfinite == "skip":
+            if not bool(torch.isfinite(loss.total)):  # one host sync per step: the price of deciding per batch
+                self.skipped_nonfinite += 1
+                terms = {k: float(v.detach()) for k, v in loss.terms.items()}
+                log.warning(
+                    "non-finite loss at step %d %s: batch skipped (%d so far)",
+                    self.global_step,
+                    terms,
+                    self.skipped_nonfinite,
+                )
+                return None  # Lightning skips backward and the optimizer step
+        else:
+            self.nonfinite.observe(self.global_step, loss.total, loss.terms)
         # Not prog_bar: Lightning converts progress-bar values with .item() after every step (a device sync).
         # Loggers read train/loss_step every trainer.log_every_n_steps; callbacks.ProgressBar shows it per refresh.
         self.log("train/loss", loss.total, on_step=True, on_epoch=True, batch_size=bs)
         if len(loss.terms) > 1:
             self.log_dict({f"train/{k}": v for k, v in loss.terms.items()}, on_step=False, on_epoch=True, batch_size=bs)
         return loss.total
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.hparams.nonfinite_check_every_n_steps or self.trainer.log_every_n_steps
+        if self.hparams.on_nonfinite == "error" and (self.global_step % max(1, every) == 0):
+            self.nonfinite.raise_if_seen(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.on_nonfinite == "error":
+            self.nonfinite.raise_if_seen(self.current_epoch)
+        if self.skipped_nonfinite:
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model (class list, experts, backbone...) naming the difference."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        diff = checkpoint_differences(
+            saved,
+            dict(self.hparams),
+            ["stats.classes", "num_experts", "backbone.name", "head._target_", "expert_width"],
+        )
+        if diff:
+            raise ValueError("the checkpoint was made by another model: " + "; ".join(diff))
 
     def _eval_step(self, batch: Mapping[str, torch.Tensor], metrics: MultilabelMetrics, stage: str) -> None:
         output, loss = self._loss(batch)

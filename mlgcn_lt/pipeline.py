@@ -20,6 +20,7 @@ from mlgcn_lt.averaging import SWA
 from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.evaluation import save_thresholds, tune_thresholds, tuned_f1_metrics, write_split_outputs
+from mlgcn_lt.guards import check_config
 from mlgcn_lt.loggers import finish_wandb, log_config
 from mlgcn_lt.module import MLGCNModule
 from mlgcn_lt.resume import AtomicCheckpointIO, resume_checkpoint
@@ -144,6 +145,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     cfg = plain_config(cfg)
+    check_config(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg)))

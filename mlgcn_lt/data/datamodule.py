@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -14,11 +14,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from mlgcn_lt.data.cache import CachedImages, StoreIndex, open_cached, store_dir
-from mlgcn_lt.data.dataset import ImageTableDataset
+from mlgcn_lt.data.dataset import ImageTableDataset, collate_skipping_bad
 from mlgcn_lt.data.images import AugmentConfig, Resample, build_transform
 from mlgcn_lt.data.samplers import AugmentationSeeds, EvalShardSampler, LabelSampler, RandomSampler
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, UncertainPolicy, read_table, split_by_group
+from mlgcn_lt.data.validate import (
+    BAD_IMAGES_FILE,
+    BadImage,
+    BadImagesError,
+    describe,
+    find_bad_images,
+    write_bad_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,9 @@ class CXRDataModule(L.LightningDataModule):
         augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen, immutable)
         sampler: SamplerFactory | None = None,
         synthetic: Mapping[str, Any] | None = None,
+        on_bad_image: Literal["error", "skip"] = "error",
+        validate_images: Literal["none", "header", "full"] = "header",
+        report_dir: str | None = None,
         seed: int = 0,
         max_epochs: int | None = None,
     ) -> None:
@@ -87,6 +98,12 @@ class CXRDataModule(L.LightningDataModule):
         self.augment = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**augment)
         self.sampler_factory = sampler or RandomSampler
         self.synthetic = dict(synthetic) if synthetic else None
+        #: Unreadable images: ``error`` stops (before training when the setup check finds them), ``skip`` drops them
+        #: and lists them in ``<report_dir>/bad_images.csv``; never replaced by a made-up image.
+        self.on_bad_image = str(on_bad_image)
+        self.validate_images = str(validate_images)
+        self.report_dir = Path(report_dir) if report_dir else None
+        self.skipped: list[BadImage] = []
         self.seed = int(seed)
         #: Epoch budget that suits this dataset's size (the trainer config reads it; an epoch of 3k images and
         #: one of 260k images are different amounts of training).
@@ -138,6 +155,8 @@ class CXRDataModule(L.LightningDataModule):
                 raise TableError(
                     f"{table.source}: classes differ from the training table's {self.tables['train'].classes}"
                 )
+        if not self.cache_dir:  # a cache was checked when it was built; its images are not read from the source
+            self._check_images()
         if self.cache_dir:
             how = f"data.root={self.root} data.image_size={self.image_size} data.cache_dir={self.cache_dir}"
             store = store_dir(self.cache_dir, self.root, self.image_size, self.resample)
@@ -153,6 +172,33 @@ class CXRDataModule(L.LightningDataModule):
             *(len(self.tables[s]) for s in SPLITS),
             len(train.classes),
         )
+
+    def _check_images(self) -> None:
+        """Open every image once (``validate_images``): stop naming every bad file, or drop them (``skip``)."""
+        bad = {
+            s: find_bad_images(t, self.validate_images, workers=max(self.num_workers, 1))
+            for s, t in self.tables.items()
+        }
+        found = [b for items in bad.values() for b in items]
+        if not found:
+            return
+        report = self.report_dir / BAD_IMAGES_FILE if self.report_dir else None
+        if report is not None:
+            write_bad_images(report, found)
+        where = f" (all listed in {report})" if report else ""
+        if self.on_bad_image == "error":
+            raise BadImagesError(
+                f"{len(found)} image(s) cannot be read{where}:\n{describe(found)}\n"
+                "Fix or remove them, or set data.on_bad_image=skip to train without them."
+            )
+        for split, items in bad.items():
+            if items:
+                drop = {b.path for b in items}
+                table = self.tables[split]
+                keep = [i for i in range(len(table)) if str(table.image_path(i)) not in drop]
+                self.tables[split] = table.subset(keep)
+        self.skipped = found
+        log.warning("data.on_bad_image=skip: dropped %d unreadable image(s)%s:\n%s", len(found), where, describe(found))
 
     def read_sources(self) -> dict[str, ImageTable]:
         """The tables as read from the configured CSVs (before carving missing splits out of train)."""
@@ -194,12 +240,23 @@ class CXRDataModule(L.LightningDataModule):
     def dataset(self, split: str, *, train_transform: bool | None = None) -> ImageTableDataset:
         self._need_setup()
         augment = self.augment if (train_transform if train_transform is not None else split == "train") else None
+        skip_log = (self.report_dir / BAD_IMAGES_FILE) if self.on_bad_image == "skip" and self.report_dir else None
         return ImageTableDataset(
-            self.tables[split], self.image_size, build_transform(augment), self.cached.get(split), self.resample
+            self.tables[split],
+            self.image_size,
+            build_transform(augment),
+            self.cached.get(split),
+            self.resample,
+            on_bad_image=self.on_bad_image,
+            skip_log=skip_log,
         )
 
     def build_sampler(self) -> LabelSampler:
-        return self.sampler_factory(labels=self.tables["train"].labels, seed=self.seed)
+        sampler = self.sampler_factory(labels=self.tables["train"].labels, seed=self.seed)
+        if sampler.num_samples == 1:  # BatchNorm cannot train on a batch of one image
+            log.warning("a single training image: every epoch draws it twice (BatchNorm needs 2 images per batch)")
+            sampler.num_samples = 2
+        return sampler
 
     def make_loader(self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
         """A loader over ``dataset``; without ``sampler``, the rows in order (this rank's shard under DDP)."""
@@ -216,6 +273,7 @@ class CXRDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             drop_last=drop_last,
+            collate_fn=collate_skipping_bad,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -36,7 +36,8 @@ def compose_data(overrides: Sequence[str], config_name: str = "train"):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
+            # No run directory here: nothing to report into (``${paths.output_dir}`` needs Hydra's runtime).
+            cfg = compose(config_name=config_name, overrides=[*overrides, "data.report_dir=null"])
     finally:
         GlobalHydra.instance().clear()
     return cfg.data

@@ -175,11 +175,39 @@ class ClassAwareSampler(ClassSampler):
 class LeastSampledClassSampler(ClassSampler):
     """Least-sampled (Sections 3.2, 5): each draw visits a class with the fewest positive labels drawn so far
     this epoch (ties at random), takes a random positive image of it and tallies all that image's labels.
+
+    ``replacement=False`` draws each image at most once per epoch (the paper: "from the unselected pool"); a class
+    whose images are all drawn is no longer visited, and the epoch cannot be longer than the number of images
+    with a positive label (``num_samples`` defaults to that number then).
     """
 
     _CHUNK = 8192
 
+    def __init__(
+        self,
+        labels: np.ndarray,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        replacement: bool = True,
+    ) -> None:
+        super().__init__(labels, num_samples, seed, num_replicas, rank)
+        self.replacement = bool(replacement)
+        if not self.replacement:
+            pool = int(self.positive[:, self.active].any(1).sum())
+            if num_samples is None:
+                self.num_samples = pool
+            elif self.num_samples > pool:
+                raise ValueError(
+                    f"data.sampler.num_samples={self.num_samples} is longer than the {pool} images with a positive "
+                    f"label that least_sampled without replacement can draw in an epoch: set "
+                    f"data.sampler.num_samples<={pool}, or data.sampler.replacement=true"
+                )
+
     def draw_with_classes(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not self.replacement:
+            return self._draw_without_replacement(rng)
         n, k = self.num_samples, len(self.active)
         pos = self.positive[:, self.active].astype(np.float64)  # labels of the visited classes only
         pick = rng.random(n)
@@ -195,6 +223,28 @@ class LeastSampledClassSampler(ClassSampler):
                 img = int(members[offset[j] + min(int(pick[i] * count[j]), count[j] - 1)])
                 tally += pos[img]
                 visits[i], images[i] = j, img
+        return images, self.active[visits]
+
+    def _draw_without_replacement(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        n, k = self.num_samples, len(self.active)
+        pos = self.positive[:, self.active].astype(np.float64)
+        pools = [rng.permutation(self._members[o : o + c]) for o, c in zip(self._offset, self._count, strict=True)]
+        cursor = np.zeros(k, dtype=np.int64)
+        drawn = np.zeros(len(self.labels), dtype=bool)
+        tally, alive = np.zeros(k), np.ones(k, dtype=bool)
+        visits, images = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        for i in range(n):  # n <= images with a positive label: some visited class always has one left
+            while True:
+                j = int(np.argmin(np.where(alive, tally, np.inf) + rng.random(k)))
+                pool = pools[j]
+                while cursor[j] < len(pool) and drawn[pool[cursor[j]]]:
+                    cursor[j] += 1  # drawn already, for another class
+                if cursor[j] < len(pool):
+                    break
+                alive[j] = False  # every image of this class is drawn: not visited again this epoch
+            images[i], visits[i] = pool[cursor[j]], j
+            drawn[images[i]] = True
+            tally += pos[images[i]]
         return images, self.active[visits]
 
 

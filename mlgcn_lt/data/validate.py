@@ -32,6 +32,10 @@ Mode = Literal["none", "header", "full"]
 BAD_IMAGES_FILE = "bad_images.csv"
 
 
+class BadImagesError(ValueError):
+    """Images that cannot be read, found before training; the message names every file (or the list's file)."""
+
+
 @dataclass(frozen=True)
 class BadImage:
     """A row whose image cannot be used: the table, its line, the file and why."""
@@ -55,7 +59,7 @@ def check_image(path: str, mode: Mode = "header") -> str | None:
             if w < 1 or h < 1:
                 return f"empty image {w}x{h}"
             if Image.MAX_IMAGE_PIXELS and w * h > 2 * Image.MAX_IMAGE_PIXELS:
-                return f"{w}x{h} pixels exceeds the decompression-bomb limit ({2 * Image.MAX_IMAGE_PIXELS} pixels)"
+                return f"{w}x{h} pixels exceeds the decompression bomb limit ({2 * Image.MAX_IMAGE_PIXELS} pixels)"
     except FileNotFoundError:
         return "file not found"
     except ImageDecodeError as e:
@@ -78,7 +82,13 @@ def find_bad_images(
         return []
     paths = [str(table.image_path(i)) for i in range(len(table))]
     chunks = [(paths[i : i + chunk], mode) for i in range(0, len(paths), chunk)]
-    bar = tqdm(total=len(paths), desc=f"checking images ({mode})", unit="img", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(paths),
+        desc=f"checking images ({mode})",
+        unit="img",
+        leave=False,
+        disable=not progress or len(paths) < 1000,
+    )
     reasons: list[str | None] = []
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -120,15 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=BAD_IMAGES_FILE, help="CSV listing the bad images")
     args = parser.parse_args(argv)
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from mlgcn_lt.config import CONF_DIR, setup_config_system
+    from mlgcn_lt.data.preprocess import compose_data
 
-    setup_config_system(CONF_DIR)
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[*args.overrides, "data.validate_images=none"], return_hydra_config=False)
-    datamodule = instantiate(cfg.data)
+    data = compose_data([*args.overrides, "data.validate_images=none"])
+    datamodule = instantiate(data)
     datamodule.prepare_data()
     datamodule.setup()
     bad = []

@@ -1,0 +1,85 @@
+"""Guards against silent failure: non-finite losses, impossible configurations, mismatched checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+#: Total stride of every supported backbone (ResNet, DenseNet, ConvNeXt, EfficientNet-V2).
+BACKBONE_STRIDE = 32
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the term."""
+
+
+class NonFiniteTracker:
+    """Remembers, on the device and without a host sync, the first step whose loss (or a term of it) was not finite;
+    :meth:`raise_if_seen` reads that record on the host (one sync) when asked, e.g. at logging steps."""
+
+    def __init__(self) -> None:
+        self.step: torch.Tensor | None = None  # first bad global step, -1 while none
+        self.terms: dict[str, torch.Tensor] = {}  # which terms were bad at that step
+
+    def observe(self, step: int, total: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
+        bad = {name: ~torch.isfinite(v.detach()).all() for name, v in {"total": total, **terms}.items()}
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.long, device=total.device)
+        first = torch.stack(list(bad.values())).any() & (self.step < 0)
+        self.step = torch.where(first, torch.as_tensor(step, device=total.device), self.step)
+        for name, flag in bad.items():
+            self.terms[name] = torch.where(first, flag, self.terms.get(name, torch.zeros_like(flag)))
+
+    def raise_if_seen(self, epoch: int) -> None:
+        if self.step is None or int(self.step) < 0:
+            return
+        names = [n for n, b in self.terms.items() if bool(b)]
+        raise NonFiniteLossError(
+            f"non-finite training loss at global step {int(self.step)} (detected in epoch {epoch}): "
+            f"{', '.join(names)} is NaN or infinite. Training stopped; the checkpoints written before are intact. "
+            "Try a lower learning rate, trainer.precision=32-true or bf16-mixed, or check the data; "
+            "model.on_nonfinite=skip skips such batches instead (and counts them)."
+        )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Combinations that cannot work, refused before any data is read, with what to change."""
+    problems: list[str] = []
+    model, data = cfg.get("model", {}), cfg.get("data", {})
+    experts = model.get("num_experts", 1)
+    if experts is not None and int(experts) < 1:
+        problems.append(f"model.num_experts={experts}: at least one expert is needed (1 = vanilla ML-GCN)")
+    size = data.get("image_size")
+    if size is not None and (int(size) < BACKBONE_STRIDE or int(size) % BACKBONE_STRIDE):
+        lower = max(BACKBONE_STRIDE, int(size) // BACKBONE_STRIDE * BACKBONE_STRIDE)
+        problems.append(
+            f"data.image_size={size} is not a positive multiple of {BACKBONE_STRIDE}, the total stride of the "
+            f"backbones: use e.g. {lower} or {lower + BACKBONE_STRIDE}"
+        )
+    for key in ("batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if value is not None and int(value) < 1:
+            problems.append(f"data.{key}={value}: must be at least 1")
+    if problems:
+        raise ValueError("impossible configuration:\n  " + "\n  ".join(problems))
+
+
+def checkpoint_differences(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """Human-readable differences between a checkpoint's hyper-parameters and the model's, for ``keys``."""
+    out = []
+    for key in keys:
+        a, b = _get(saved, key), _get(current, key)
+        if a != b:
+            out.append(f"{key}: checkpoint {a!r}, this model {b!r}")
+    return out
+
+
+def _get(d: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, Mapping) or part not in d:
+            return None
+        d = d[part]
+    return list(d) if isinstance(d, list | tuple) else d
