@@ -90,6 +90,23 @@ def tiny_cxr_lt(tmp_path_factory) -> Path:
     return write_cxr_lt_dir(tmp_path_factory.mktemp("tiny_cxr_lt"))
 
 
+def make_datamodule(root: Path, **kw):
+    """A CXRDataModule on a CXR-LT-layout folder (32 px, batch 4, no workers), options overridable."""
+    from mlgcn_lt.data.datamodule import CXRDataModule
+
+    args = dict(
+        format="cxr_lt",
+        root=str(root),
+        train_csv="train.csv",
+        val_csv="development.csv",
+        test_csv="test.csv",
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+    )
+    return CXRDataModule(**{**args, **kw})
+
+
 TINY_OVERRIDES = [
     "data.synthetic=null",
     "data.image_size=32",

@@ -6,25 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_cxr_lt_dir
-from mlgcn_lt.data.datamodule import CXRDataModule
+from conftest import make_datamodule, write_cxr_lt_dir
 from mlgcn_lt.data.samplers import RandomSampler
 from mlgcn_lt.data.tables import TableError
 
 
 def _dm(root, **kw):
-    args = dict(
-        format="cxr_lt",
-        root=str(root),
-        train_csv="train.csv",
-        val_csv="development.csv",
-        test_csv="test.csv",
-        image_size=32,
-        batch_size=4,
-        num_workers=0,
-    )
-    args.update(kw)
-    return CXRDataModule(**args)
+    return make_datamodule(root, **kw)
 
 
 def test_setup_reads_splits_and_computes_training_stats(tiny_cxr_lt):

@@ -6,21 +6,10 @@ import pytest
 
 from conftest import CONF_DIR
 from mlgcn_lt.pipeline import train
+from mlgcn_lt.report import PAPER_ORDER
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-PAPER_ROWS = [
-    "ablation_mlgcn",
-    "ablation_2experts",
-    "ablation_4experts_cycle",
-    "ablation_ride",
-    "ablation_lse",
-    "ablation_mha",
-    "ablation_lse_mha",
-    "sampler_random",
-    "sampler_cycle",
-    "sampler_least_sampled",
-    "release_faithful",
-]
+PAPER_ROWS = list(PAPER_ORDER)
 
 
 #: Rows whose recipe IS the backbone (the CXR-LT 2023 winner is ConvNeXt-S): the only rows that set one. They run

@@ -15,9 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_OVERRIDES, compose_config, cxr_lt_frame, write_cxr_lt_dir, write_image
+from conftest import TINY_OVERRIDES, compose_config, cxr_lt_frame, make_datamodule, write_cxr_lt_dir, write_image
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
-from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.data.images import ImageDecodeError, load_grayscale
 from mlgcn_lt.data.samplers import LeastSampledClassSampler
 from mlgcn_lt.data.tables import TableError
@@ -28,19 +27,8 @@ from mlgcn_lt.pipeline import train
 from mlgcn_lt.resume import AtomicCheckpointIO
 
 
-def _dm(root: Path, **kw) -> CXRDataModule:
-    args = dict(
-        format="cxr_lt",
-        root=str(root),
-        train_csv="train.csv",
-        val_csv="development.csv",
-        test_csv="test.csv",
-        image_size=32,
-        batch_size=4,
-        num_workers=0,
-    )
-    args.update(kw)
-    return CXRDataModule(**args)
+def _dm(root, **kw):
+    return make_datamodule(root, **kw)
 
 
 def _spoil(root: Path, split: str, row: int, how: str) -> Path:
