@@ -250,22 +250,32 @@ class DistributionBalancedLoss(ClassificationLoss):
 
 def diversity_loss(
     expert_logits: torch.Tensor,
-    distribution: Literal["softmax", "bernoulli"] = "softmax",
+    distribution: Literal["softmax", "bernoulli"] = "bernoulli",
     temperature: float = 1.0,
     detach_mean: bool = False,
+    max_logit: float | None = 10.0,
 ) -> torch.Tensor:
     """Eq. 3: L_div = −1/(n−1) · Σ_i KL(p̄ ‖ p⁽ⁱ⁾), batch mean; p̄ is the mean of the experts' distributions.
 
-    ``softmax``: p⁽ⁱ⁾ is a distribution over classes (the RIDE form, as in the release); ``bernoulli``: one
-    Bernoulli per label, KL averaged over labels. Logits are divided by ``temperature`` and the result scaled by
-    T² (as RIDE does, so gradients keep their size). Zero for a single expert. Always float32.
+    ``bernoulli`` (default): one Bernoulli per label, KL averaged over labels, the same reduction as the element-wise
+    multi-label losses. ``softmax``: p⁽ⁱ⁾ is a distribution over classes (the single-label RIDE form, the release's
+    dormant code). Eq. 3 rewards disagreement without limit wherever the classification loss is flat (under BCE the
+    differences between negative logits for the softmax form; easy negatives under ASL / focal for both forms): RIDE
+    itself is bounded by its normalised classifiers, ML-GCN's are not, and unclipped logits run off to ±∞ (on the
+    embedded default the softmax form took the loss to −9·10³ in 5 epochs while val mAP fell). So the logits the KL
+    sees are clipped to ±``max_logit`` (None: no clip). Logits are divided by ``temperature`` and the result scaled
+    by T² (as RIDE does).
+    Zero for a single expert. Always float32.
     """
     if expert_logits.dim() != 3:
         raise ValueError(f"expert_logits must be (E, B, C), got {tuple(expert_logits.shape)}")
     n = expert_logits.shape[0]
     if n < 2:
         return expert_logits.float().sum() * 0.0
-    z = expert_logits.float() / temperature
+    z = expert_logits.float()
+    if max_logit is not None:  # the bound on the reward for disagreeing (see the docstring)
+        z = z.clamp(-max_logit, max_logit)
+    z = z / temperature
     if distribution == "softmax":
         log_p = F.log_softmax(z, dim=-1)  # (E, B, C)
         mean = log_p.exp().mean(0)
@@ -292,19 +302,23 @@ class RIDELoss(nn.Module):
         classification: Mapping[str, Any],
         stats: LabelStats | None = None,
         weight: float = 0.2,
-        distribution: Literal["softmax", "bernoulli"] = "softmax",
+        distribution: Literal["softmax", "bernoulli"] = "bernoulli",
         temperature: float = 1.0,
         detach_mean: bool = False,
+        max_logit: float | None = 10.0,
     ) -> None:
         super().__init__()
         self.classification = build_loss(classification, stats)
+        self.max_logit = None if max_logit is None else float(max_logit)
         self.weight, self.distribution = float(weight), distribution
         self.temperature, self.detach_mean = float(temperature), bool(detach_mean)
         diversity_loss(torch.zeros(2, 1, 2), distribution)  # validate the options now, not at step 1
 
     def forward(self, output: ModelOutput, targets: torch.Tensor) -> LossOutput:
         clf = self.classification(output, targets)
-        div = diversity_loss(output.expert_logits, self.distribution, self.temperature, self.detach_mean)
+        div = diversity_loss(
+            output.expert_logits, self.distribution, self.temperature, self.detach_mean, self.max_logit
+        )
         return LossOutput(clf.total + self.weight * div, {**clf.terms, "div": div})
 
 

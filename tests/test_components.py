@@ -99,7 +99,7 @@ def test_diversity_softmax_against_eq3_by_hand():
     p = torch.softmax(logits[:, 0], -1).numpy().astype(np.float64)
     mean = p.mean(0)
     expected = -sum(_kl(mean, p[i]) for i in range(3)) / 2
-    assert diversity_loss(logits).item() == pytest.approx(expected, rel=1e-5)
+    assert diversity_loss(logits, "softmax").item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_diversity_bernoulli_against_eq3_by_hand():
@@ -130,8 +130,46 @@ def test_diversity_is_batch_mean_float32_and_temperature_scaled():
     assert diversity_loss(both.bfloat16()).dtype == torch.float32
     t = 2.0
     assert diversity_loss(both, temperature=t).item() == pytest.approx(t**2 * diversity_loss(both / t).item(), rel=1e-5)
+    big = 30 * torch.randn(3, 2, 5)  # logits beyond max_logit are clipped before the KL (no gradient through them)
+    torch.testing.assert_close(diversity_loss(big, max_logit=10.0), diversity_loss(big.clamp(-10, 10), max_logit=None))
     with pytest.raises(ValueError, match=r"\(E, B, C\)"):
         diversity_loss(torch.randn(4, 5))
+
+
+def _fit_free_logits(classification: str, distribution: str, max_logit: float | None) -> tuple[float, float]:
+    """300 Adam steps of RIDELoss on free expert logits; returns (largest |logit|, final loss)."""
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(8, 26, generator=g) < 0.1).float()
+    logits = torch.randn(4, 8, 26, generator=g).requires_grad_()
+    loss = RIDELoss(
+        {"_target_": f"mlgcn_lt.losses.{classification}", "apply_to": "experts"},
+        weight=0.2,
+        distribution=distribution,
+        max_logit=max_logit,
+    )
+    opt = torch.optim.Adam([logits], lr=0.3)
+    for _ in range(300):
+        out = loss(ModelOutput(logits.mean(0), logits), targets)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+    return logits.detach().abs().max().item(), out.total.item()
+
+
+@pytest.mark.parametrize("distribution", ["bernoulli", "softmax"])
+@pytest.mark.parametrize("classification", ["BCELoss", "AsymmetricLoss"])
+def test_ride_loss_is_bounded_below(classification, distribution):
+    """Eq. 3 rewards disagreement without limit where the classification loss is flat (BCE between negative logits
+    for the softmax form; ASL / focal on easy negatives for both): unclipped, free logits run off to ±inf and the
+    loss to -inf. Clipping the logits the KL sees (max_logit) bounds it; BCE + Bernoulli, the default, then ends
+    where the experts agree with the labels."""
+    bounded, total = _fit_free_logits(classification, distribution, max_logit=10.0)
+    assert bounded < 20 and total > -2.5
+    if (classification, distribution) != ("BCELoss", "bernoulli"):
+        unbounded, _ = _fit_free_logits(classification, distribution, max_logit=None)
+        assert unbounded > 50
+    else:
+        assert total == pytest.approx(0.0, abs=0.01)
 
 
 def _output(e=3, b=4, c=5, seed=0):
