@@ -264,8 +264,7 @@ def diversity_loss(
     itself is bounded by its normalised classifiers, ML-GCN's are not, and unclipped logits run off to ±∞ (on the
     embedded default the softmax form took the loss to −9·10³ in 5 epochs while val mAP fell). So the logits the KL
     sees are clipped to ±``max_logit`` (None: no clip). Logits are divided by ``temperature`` and the result scaled
-    by T² (as RIDE does).
-    Zero for a single expert. Always float32.
+    by T² (as RIDE does). Zero for a single expert. Always float32.
     """
     if expert_logits.dim() != 3:
         raise ValueError(f"expert_logits must be (E, B, C), got {tuple(expert_logits.shape)}")
@@ -274,6 +273,8 @@ def diversity_loss(
         return expert_logits.float().sum() * 0.0
     z = expert_logits.float()
     if max_logit is not None:  # the bound on the reward for disagreeing (see the docstring)
+        if not max_logit > 0:
+            raise ValueError(f"model.loss.max_logit must be > 0 or null (no clip), got {max_logit}")
         z = z.clamp(-max_logit, max_logit)
     z = z / temperature
     if distribution == "softmax":
@@ -312,7 +313,7 @@ class RIDELoss(nn.Module):
         self.max_logit = None if max_logit is None else float(max_logit)
         self.weight, self.distribution = float(weight), distribution
         self.temperature, self.detach_mean = float(temperature), bool(detach_mean)
-        diversity_loss(torch.zeros(2, 1, 2), distribution)  # validate the options now, not at step 1
+        diversity_loss(torch.zeros(2, 1, 2), distribution, max_logit=max_logit)  # validate the options now
 
     def forward(self, output: ModelOutput, targets: torch.Tensor) -> LossOutput:
         clf = self.classification(output, targets)

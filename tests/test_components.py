@@ -191,6 +191,8 @@ def test_ride_total_is_clf_plus_lambda_div():
     torch.testing.assert_close(zero.total, BCELoss()(out, t).total)
     with pytest.raises(ValueError, match="unknown diversity distribution"):
         RIDELoss({"_target_": "mlgcn_lt.losses.BCELoss"}, distribution="gauss")
+    with pytest.raises(ValueError, match=r"model\.loss\.max_logit must be > 0"):
+        RIDELoss({"_target_": "mlgcn_lt.losses.BCELoss"}, max_logit=0.0)
 
 
 def test_soft_margin_matches_torch_without_unknowns_and_masks_them():
