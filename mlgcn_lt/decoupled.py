@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mlgcn_lt.models.experts import MultiExpertNet
+from mlgcn_lt.utils.checkpoints import read_checkpoint
 
 
 class Stage1Mismatch(ValueError):
@@ -38,9 +39,7 @@ def read_stage1(path: str | Path, *, classes: list[str], num_experts: int, backb
     A checkpoint written with EMA holds the averaged weights as its ``state_dict``: those are used.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path, what="model.init_from")
     hp: dict[str, Any] = ckpt.get("hyper_parameters") or {}
     theirs = {
         "classes": list((hp.get("stats") or {}).get("classes", [])),

@@ -17,6 +17,7 @@ from mlgcn_lt.evaluation import load_thresholds, tuned_f1_metrics, write_split_o
 from mlgcn_lt.inference import fuse_table_predictions, image_size_of, load_checkpoint
 from mlgcn_lt.metrics import compute_metrics
 from mlgcn_lt.pipeline import instantiate_group, plain_config
+from mlgcn_lt.utils.checkpoints import read_checkpoint
 from mlgcn_lt.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in ("train", "val", "test"):
         raise ValueError(f"split={split!r}: expected train, val or test")
 
+    ckpt = Path(cfg.ckpt_path)
+    read_checkpoint(ckpt, what="ckpt_path")  # a bad checkpoint is named before any data is read
     datamodule: CXRDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
-    ckpt = Path(cfg.ckpt_path)
     model = load_checkpoint(ckpt, datamodule.classes)
     trained_size = image_size_of(model, datamodule.image_size)
     if trained_size != datamodule.image_size:

@@ -88,7 +88,15 @@ def save_thresholds(path: Path, classes: Sequence[str], thresholds: np.ndarray, 
 
 def load_thresholds(path: str | Path, classes: Sequence[str]) -> np.ndarray:
     """Thresholds saved by :func:`save_thresholds`, checked against the class list."""
-    data = json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"thresholds file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"thresholds file {path} is not JSON ({e}); expected the thresholds.json of a run") from None
+    if not isinstance(data, dict) or "thresholds" not in data:
+        raise ValueError(f"thresholds file {path}: expected a JSON object with 'classes' and 'thresholds'")
     if list(data.get("classes", [])) != list(classes):
         raise ValueError(f"{path}: thresholds are for classes {data.get('classes')}, not {list(classes)}")
     return np.asarray(data["thresholds"], dtype=np.float64)

@@ -17,6 +17,7 @@ from mlgcn_lt.data.dataset import ImageTableDataset
 from mlgcn_lt.data.images import build_transform
 from mlgcn_lt.data.tables import ImageTable
 from mlgcn_lt.module import MLGCNModule
+from mlgcn_lt.utils.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,7 @@ class CheckpointMismatch(ValueError):
 def load_checkpoint(path: str | Path, classes: Sequence[str] | None = None) -> MLGCNModule:
     """Rebuild a model from its checkpoint alone (CPU), optionally checking its class list against ``classes``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    read_checkpoint(path)  # a foreign, truncated or plain-state-dict file: one clear error naming it
     model = MLGCNModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     if classes is not None and list(model.classes) != list(classes):
         missing = [c for c in classes if c not in model.classes]

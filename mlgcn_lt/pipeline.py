@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlgcn_lt.averaging import SWA
 from mlgcn_lt.callbacks import BestMetrics
@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 def plain_config(cfg: DictConfig) -> DictConfig:
     """Resolved copy without the ``hydra`` node, enums as strings, still failing on unknown keys (struct)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)  # dropped before resolving: resolving hydra.run.dir would create a run directory
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    container.pop("hydra", None)
     out = OmegaConf.create(container)
     OmegaConf.set_struct(out, True)
     return out

@@ -265,9 +265,9 @@ def classifier_norms(model: Any) -> np.ndarray:
 
 def checkpoint_norms(path: str | os.PathLike) -> tuple[np.ndarray, LabelStats]:
     """Classifier norms and training label statistics of a Lightning checkpoint (the model rebuilt on CPU)."""
-    from mlgcn_lt.module import MLGCNModule
+    from mlgcn_lt.inference import load_checkpoint
 
-    module = MLGCNModule.load_from_checkpoint(path, map_location="cpu")
+    module = load_checkpoint(path)
     return classifier_norms(module), module.stats
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mlgcn_lt.utils.checkpoints import write_failure
 from mlgcn_lt.utils.io import atomic_write
 
 KEY_FILE = "run_key.txt"
@@ -91,11 +92,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         try:
             atomic_write(path, lambda f: torch.save(checkpoint, f), mode="wb")
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OSError(
-                    e.errno,
-                    f"disk full while writing checkpoint {path}; the previous checkpoint is intact "
-                    "(free space, then run the same command again to resume)",
-                ) from e
-            raise
+        except (OSError, RuntimeError) as e:
+            cause = write_failure(e)
+            torn = isinstance(e, RuntimeError) and ("unexpected pos" in str(e) or "PytorchStreamWriter" in str(e))
+            if cause is None and not torn:
+                raise
+            code = cause.errno if cause is not None else errno.EIO
+            reason = {
+                errno.ENOSPC: "disk full",
+                errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file-size limit reached",
+            }.get(code, "the file could not be written completely (disk full or a file-size limit?)")
+            raise OSError(
+                code,
+                f"{reason} while writing checkpoint {path}; the previous checkpoint is intact "
+                "(free space or raise the limit, then run the same command again to resume)",
+            ) from e

@@ -107,11 +107,11 @@ class Run:
         ckpt = self.checkpoint()
         if ckpt is None:
             return None
-        import torch
+        from mlgcn_lt.utils.checkpoints import CheckpointError, read_checkpoint
 
         try:
-            hparams = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-        except Exception:  # a truncated or foreign checkpoint: no statistics, the figures say so
+            hparams = read_checkpoint(ckpt).get("hyper_parameters") or {}
+        except (CheckpointError, OSError):  # a truncated or foreign checkpoint: no statistics, the figures say so
             return None
         return hparams.get("stats")
 

@@ -22,7 +22,9 @@ import pandas as pd
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
 from mlgcn_lt.data.tables import ImageTable, read_table
 from mlgcn_lt.evaluation import write_csv
+from mlgcn_lt.guards import BACKBONE_STRIDE
 from mlgcn_lt.inference import CheckpointMismatch, fuse_table_predictions, image_size_of, load_checkpoint, predict_table
+from mlgcn_lt.utils.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,62 @@ def check_submission(
         raise SubmissionError(f"row {r}: {classes[c]} = {values[r, c]} is not a probability")
 
 
+def check_output_path(out: str | Path, inputs: Sequence[str | Path]) -> Path:
+    """Refuse an output that would overwrite an input, is a directory, or lies under a regular file."""
+    out = Path(out)
+    resolved = out.resolve()
+    for given in inputs:
+        if Path(given).exists() and Path(given).resolve() == resolved:
+            raise SubmissionError(f"--out {out} is the input file {given}: refusing to overwrite it")
+    if out.is_dir():
+        raise SubmissionError(f"--out {out} is a directory: give a file name, e.g. {out / 'submission.csv'}")
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SubmissionError(f"--out {out}: {parent} is a file, not a directory")
+            break
+    return out
+
+
+def id_columns_of(table: ImageTable, csv: str | Path, id_columns: Sequence[str] | None) -> list[str]:
+    """The id columns to keep: the given ones (each must exist), else ``dicom_id``, else the first ``*_id``."""
+    columns = list(table.meta.columns)
+    if id_columns:
+        unknown = [c for c in id_columns if c not in columns]
+        if unknown:
+            raise SubmissionError(f"{csv}: --id-column {unknown} not found; the columns are {columns}")
+        return list(id_columns)
+    ids = ["dicom_id"] if "dicom_id" in columns else [c for c in columns if c.endswith("_id")][:1]
+    if not ids:
+        raise SubmissionError(f"{csv}: no id column found; pass --id-column (the columns are {columns})")
+    return ids
+
+
+def check_images_exist(table: ImageTable) -> None:
+    """Every image of the table is a file, checked before any inference; all missing ones are named."""
+    missing = [(int(line), str(table.image_path(i))) for i, line in enumerate(table.lines)]
+    missing = [(line, p) for line, p in missing if not Path(p).is_file()]
+    if missing:
+        listed = "\n  ".join(f"line {line}: {p}" for line, p in missing)
+        raise FileNotFoundError(f"{table.source}: {len(missing)} of {len(table)} images not found:\n  {listed}")
+
+
+def inference_size(models: Sequence, checkpoints: Sequence[str | Path], image_size: int | None) -> int:
+    """``image_size`` when given (one warning if a model was trained at another size), else the trained size."""
+    trained = {str(p): image_size_of(m, image_size) for p, m in zip(checkpoints, models, strict=True)}
+    if image_size is not None:
+        if image_size < BACKBONE_STRIDE or image_size % BACKBONE_STRIDE:
+            raise SubmissionError(f"--image-size {image_size}: must be a positive multiple of {BACKBONE_STRIDE}")
+        other = {p: s for p, s in trained.items() if s != image_size}
+        if other:
+            log.warning("--image-size %d: the model(s) were trained at another size %s", image_size, other)
+        return int(image_size)
+    sizes = sorted(set(trained.values()))
+    if len(sizes) > 1:
+        raise CheckpointMismatch(f"checkpoints were trained at different image sizes {trained}: pass --image-size")
+    return sizes[0]
+
+
 def write_submission(
     checkpoints: Sequence[str | Path],
     csv: str | Path,
@@ -78,34 +136,27 @@ def write_submission(
     num_workers: int = 0,
 ) -> pd.DataFrame:
     """Predict ``csv`` with the average of ``checkpoints`` and write the checked submission to ``out``."""
+    out = check_output_path(out, [csv, *checkpoints])
     options = {"require_labels": False} if fmt == "cxr_lt" else {}
     table = read_table(fmt, csv, root, **options)
-    models = [load_checkpoint(p, table.classes) for p in checkpoints]
-    sizes = {image_size_of(m, image_size) for m in models}
-    size = image_size or sizes.pop()
-    if sizes - {size}:
-        raise CheckpointMismatch(
-            f"checkpoints were trained at different image sizes {sorted(sizes | {size})}: pass --image-size"
-        )
+    ids = id_columns_of(table, csv, id_columns)
+    check_images_exist(table)
+    models = []
+    for k, p in enumerate(checkpoints, start=1):
+        try:
+            models.append(load_checkpoint(p, table.classes))
+        except (CheckpointError, CheckpointMismatch, FileNotFoundError) as e:
+            where = f"--ckpt #{k} of {len(checkpoints)}: " if len(checkpoints) > 1 else ""
+            raise type(e)(f"{where}{e}") from None
+    size = inference_size(models, checkpoints, image_size)
     probs = predict_table(models, table, size, tta=tta, batch_size=batch_size, num_workers=num_workers)
     if fusion:
         probs = fuse_table_predictions(table, probs, fusion)
-    ids = (
-        list(id_columns)
-        if id_columns
-        else (
-            ["dicom_id"]
-            if "dicom_id" in table.meta.columns
-            else [c for c in table.meta.columns if c.endswith("_id")][:1]
-        )
-    )
-    if not ids:
-        raise SubmissionError(f"{csv}: no id column found; pass --id-column")
     classes = CXR_LT_2023_CLASSES if fmt == "cxr_lt" else tuple(table.classes)
     frame = submission_frame(table, probs, ids, classes)
     source = pd.read_csv(csv, dtype=str, keep_default_na=False)
     check_submission(frame, source, ids, classes)
-    write_csv(Path(out), frame)
+    write_csv(out, frame)
     log.info("wrote %s: %d rows, %d checkpoint(s), tta=%s", out, len(frame), len(models), list(tta))
     return frame
 
@@ -120,7 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--id-column", action="append", dest="id_columns", help="id column(s) to keep")
     parser.add_argument("--tta", action="append", default=[], help="hflip and/or scale:<factor> (repeatable)")
     parser.add_argument("--fusion", choices=["mean", "max", "view_weighted"], help="study-level fusion")
-    parser.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="input size (overrides the trained size, with a warning); default: the size the checkpoint was trained at",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
