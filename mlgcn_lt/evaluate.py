@@ -16,7 +16,7 @@ from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.evaluation import load_thresholds, tuned_f1_metrics, write_split_outputs
 from mlgcn_lt.inference import fuse_table_predictions, image_size_of, load_checkpoint
 from mlgcn_lt.metrics import compute_metrics
-from mlgcn_lt.pipeline import instantiate_group, plain_config
+from mlgcn_lt.pipeline import instantiate_group, log_failure, plain_config
 from mlgcn_lt.utils.checkpoints import read_checkpoint
 from mlgcn_lt.utils.io import atomic_write, write_json
 
@@ -33,6 +33,14 @@ def _thresholds_path(cfg: DictConfig, ckpt: Path) -> Path | None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; returns the metrics (keys ``<split>/...``)."""
+    try:
+        return _evaluate(cfg)
+    except BaseException as e:
+        log_failure(e)  # the run's log file says why it stopped
+        raise
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     cfg = plain_config(cfg)
     out = Path(cfg.paths.output_dir)

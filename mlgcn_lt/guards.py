@@ -63,6 +63,14 @@ def check_config(cfg: DictConfig) -> None:
         value = data.get(key)
         if value is not None and int(value) < 1:
             problems.append(f"data.{key}={value}: must be at least 1")
+    trainer = cfg.get("trainer", {})
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        value = trainer.get(key)
+        if value is not None and not isinstance(value, bool) and float(value) == 0:
+            problems.append(
+                f"trainer.{key}={value}: no training step would run (the untrained model would be tested and "
+                "reported); use at least 1, or eval.py to score an existing checkpoint"
+            )
     if problems:
         raise ValueError("impossible configuration:\n  " + "\n  ".join(problems))
 

@@ -136,10 +136,34 @@ def _evaluate_best(
     return {**test, "test/mF1_tuned": tuned["test/mF1_tuned"]}
 
 
+def log_failure(error: BaseException) -> None:
+    """Write ``error`` with its traceback to the run's log file(s) (Hydra's job log), not to the console.
+
+    Hydra prints the error on stderr only; without this the run's ``<task>.log`` (the tail ``report`` shows for a
+    run without metrics) would not say why the run stopped.
+    """
+    record = log.makeRecord(
+        log.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "run failed: %s: %s",
+        (type(error).__name__, error),
+        (type(error), error, error.__traceback__),
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            handler.flush()
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; returns (and writes to ``<run dir>/metrics.json``) best-epoch ``val/*`` and ``test/*``."""
     try:
         return _fit_and_test(cfg)
+    except BaseException as e:  # also KeyboardInterrupt: the log says how the run ended
+        log_failure(e)
+        raise
     finally:
         finish_wandb()  # else every job of a multirun logs into one W&B run
 
@@ -183,6 +207,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(_evaluate_best(out, datamodule, model, trainer, checkpoint, validated=bool(swa_checkpoint)))
     metrics.update(
         {
+            "trained_steps": int(trainer.global_step),  # optimizer steps; report flags a run with 0
             "best_epoch": best_epoch,
             "best_checkpoint": checkpoint,
             "wall_time_s": round(time.time() - start, 1),

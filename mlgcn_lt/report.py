@@ -12,7 +12,8 @@ runs (seeds) of the chosen ``<split>/<metric>``, the number of runs with metrics
 Rows: the paper's rows in paper order, then the others alphabetically. ``report.md`` and ``report.csv`` (which also
 holds the seeds and, per metric, the number of runs where it is defined) go to ``--out`` (default: the argument if
 there is exactly one and it is a directory, else the current directory); the Markdown is also printed. Runs without
-``metrics.json`` (crashed, or still running) are listed with the tail of their log. ``n/a``: the metric is null
+``metrics.json`` (crashed, or still running) or whose ``metrics.json`` says they trained 0 optimizer steps
+(``trained_steps``) are listed with the tail of their log, and not counted in the table. ``n/a``: the metric is null
 (undefined, e.g. a class group without positives) in every run; ``(k/n)``: defined in only k of the n runs. Runs of
 one experiment whose configs differ (beyond seeds and paths) are aggregated anyway, and named under "Notes".
 
@@ -264,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.paths and not args.sampler_figure:
         parser.error("give run directories / globs, or --sampler-figure")
     out = args.out or _default_out(args.paths)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        print(
+            f"error: --out {out} must be a directory (report.md and report.csv go into it); {blocking} is a file",
+            file=sys.stderr,
+        )
+        return 2
     try:
         runs = collect_runs(args.paths)
     except FileNotFoundError as e:

@@ -54,11 +54,14 @@ class Run:
             run.error = f"metrics.json holds a {type(metrics).__name__}, expected a dict"
             return run
         run.metrics = metrics
+        if metrics.get("trained_steps") == 0:
+            run.error = "metrics.json says it trained 0 optimizer steps: the metrics are those of an untrained model"
         return run
 
     @property
     def ok(self) -> bool:
-        return self.metrics is not None
+        """Metrics that are a result: present, and of a model that trained at least one step."""
+        return self.metrics is not None and self.error is None
 
     @property
     def experiment(self) -> str:

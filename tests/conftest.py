@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,9 +21,33 @@ from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES, CXR_LT_2023_METADATA
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Runs that tests start without an explicit directory (also in subprocesses, which inherit the environment) go to
+# a temporary folder, never into the repository's own outputs/ (nor into a user's MLGCN_LOG_DIR).
+TEST_LOG_DIR = Path(tempfile.mkdtemp(prefix="mlgcn-test-logs-"))
+os.environ["MLGCN_LOG_DIR"] = str(TEST_LOG_DIR)
 setup_config_system(CONF_DIR)
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+REPO_OUTPUTS = PROJECT_ROOT / "outputs"
+
+
+def _run_dirs(top: Path) -> set[Path]:
+    return (
+        {p.parent for p in top.rglob("run_key.txt")} | {p.parent for p in top.rglob(".hydra")}
+        if top.is_dir()
+        else set()
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_runs_in_repository_outputs() -> Iterator[None]:
+    """Fail the session if any test left a run directory in the repository's own ``outputs/``."""
+    before = _run_dirs(REPO_OUTPUTS)
+    yield
+    stray = sorted(_run_dirs(REPO_OUTPUTS) - before)
+    assert not stray, f"tests wrote {len(stray)} run directories into {REPO_OUTPUTS}: {[str(p) for p in stray[:5]]}"
+
+
 NIH_SAMPLE = SHARED_DATA / "nih_cxr14_sample"
 
 
