@@ -98,6 +98,8 @@ def id_columns_of(table: ImageTable, csv: str | Path, id_columns: Sequence[str] 
 
 def check_images_exist(table: ImageTable) -> None:
     """Every image of the table is a file, checked before any inference; all missing ones are named."""
+    if not table.root.is_dir():
+        raise FileNotFoundError(f"--root {table.root} is not a directory (the CSV's image paths are relative to it)")
     missing = [(int(line), str(table.image_path(i))) for i, line in enumerate(table.lines)]
     missing = [(line, p) for line, p in missing if not Path(p).is_file()]
     if missing:

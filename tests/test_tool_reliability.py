@@ -206,6 +206,8 @@ def test_submission_missing_images_and_unknown_id_column_before_inference(tiny_c
         submit.write_submission([tmp_path / "m.ckpt"], csv, tiny_cxr_lt, tmp_path / "sub.csv")
     assert "line 4: " in str(info.value) and "gone/a.jpg" in str(info.value)
     assert "line 7: " in str(info.value) and "gone/b.jpg" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="--root .*gone is not a directory"):
+        submit.write_submission([tmp_path / "m.ckpt"], csv, tmp_path / "gone", tmp_path / "sub.csv")
     good = tiny_cxr_lt / "test.csv"
     with pytest.raises(
         submit.SubmissionError, match=r"--id-column \['image_id'\] not found; the columns are .*dicom_id"
