@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ def no_runs_in_repository_outputs() -> Iterator[None]:
     before = _run_dirs(REPO_OUTPUTS)
     yield
     stray = sorted(_run_dirs(REPO_OUTPUTS) - before)
+    shutil.rmtree(TEST_LOG_DIR, ignore_errors=True)
     assert not stray, f"tests wrote {len(stray)} run directories into {REPO_OUTPUTS}: {[str(p) for p in stray[:5]]}"
 
 
