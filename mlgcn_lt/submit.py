@@ -83,7 +83,7 @@ def write_submission(
     models = [load_checkpoint(p, table.classes) for p in checkpoints]
     sizes = {image_size_of(m, image_size) for m in models}
     size = image_size or sizes.pop()
-    if sizes - {size}:
+    if image_size is None and sizes - {size}:  # an explicit --image-size overrides what they were trained at
         raise CheckpointMismatch(
             f"checkpoints were trained at different image sizes {sorted(sizes | {size})}: pass --image-size"
         )
