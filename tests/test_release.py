@@ -289,6 +289,15 @@ def test_release_faithful_row_sets_the_release_recipe(tiny_cfg):
     assert m.attention._target_.endswith("PerVectorAttention") and m.attention.heads == 8
     assert m.head.form == "release" and m.head.threshold == 0.4 and m.head.reweight == 0.25
     assert list(m.head.hidden) == [1024] and m.head.negative_slope == 0.2 and m.label_embedding.dim == 300
+    e = m.label_embedding
+    assert (e.diagonal, e.optimizer, e.iterations, e.lr, e.x_max, e.alpha) == (
+        "counts",
+        "adagrad",
+        10000,
+        0.05,
+        100,
+        0.75,
+    )
     assert m.loss._target_.endswith("SoftMarginLoss") and m.loss.apply_to == "ensemble"
     assert m.optimizer.lr == 1e-4 and list(m.optimizer.betas) == [0.9, 0.99] and m.optimizer.weight_decay == 0
     assert d.batch_size == 4 and d.max_epochs == 30 and d.augment.kind == "release"
