@@ -310,3 +310,32 @@ def test_augment_kind_is_schema_checked(tmp_path, hydra_cleanup):
     assert compose_config(["data.augment.kind=none"], tmp_path).data.augment.kind == "none"
     with pytest.raises(Exception, match="bogus"):
         compose_config(["data.augment.kind=bogus"], tmp_path)
+
+
+@pytest.mark.slow
+def test_eval_py_scores_an_imported_checkpoint(release_files, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_cxr_lt_dir
+
+    tmp, _, _, _ = release_files
+    root = write_cxr_lt_dir(tmp_path / "data", sizes={"train": 30, "development": 8, "test": 8})
+    ckpt = import_release(tmp / "model_best.pth.tar", tmp / "glove.pkl", tmp_path / "r.ckpt", image_size=32)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MLGCN_LOG_DIR": str(tmp_path / "logs")}
+    cmd = [
+        sys.executable,
+        str(repo / "eval.py"),
+        f"ckpt_path={ckpt}",
+        "data=cxr_lt",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.synthetic=null",
+        "trainer=cpu",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'test/mAP'" in done.stdout + done.stderr
