@@ -207,7 +207,9 @@ def import_release(
 
     state = read_release_state(checkpoint)
     num_experts = _num_experts(state, str(checkpoint))
-    c = int(state["A"].shape[0]) if "A" in state else 0
+    if "A" not in state or state["A"].dim() != 2 or state["A"].shape[0] != state["A"].shape[1]:
+        raise ReleaseImportError(f"{checkpoint}: no square key 'A' (the release's stored correlation matrix)")
+    c = int(state["A"].shape[0])
     if classes is None:
         if c != len(CXR_LT_2023_CLASSES):
             raise ReleaseImportError(f"{checkpoint}: {c} classes (not CXR-LT 2023's 26): pass --classes")

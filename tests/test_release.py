@@ -339,3 +339,28 @@ def test_eval_py_scores_an_imported_checkpoint(release_files, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'test/mAP'" in done.stdout + done.stderr
+
+
+def test_release_augmentation_reaches_the_training_set_only(tiny_cxr_lt):
+    from omegaconf import OmegaConf
+
+    from conftest import make_datamodule
+
+    dm = make_datamodule(tiny_cxr_lt, augment=OmegaConf.create({"kind": "release"}))  # as Hydra passes it
+    dm.setup("fit")
+    assert dm.dataset("train").transform.augment.kind == "release"
+    assert dm.dataset("val").transform.augment is None
+    torch.manual_seed(3)
+    seen = {dm.dataset("train")[0]["image"].numpy().tobytes() for _ in range(60)}
+    assert len(seen) > 9  # symmetries, the rotation and intensity scalings of one image
+
+
+def test_checkpoint_without_a_or_experts_is_refused(release_files, tmp_path):
+    tmp, model, _, _ = release_files
+    state = dict(model.state_dict())
+    no_a = _save_state(tmp_path / "no_a.pth", {k: v for k, v in state.items() if k != "A"})
+    with pytest.raises(ReleaseImportError, match="no square key 'A'"):
+        import_release(no_a, tmp / "glove.pkl", tmp_path / "x.ckpt")
+    no_gcn = {k: v for k, v in state.items() if not k.startswith("experts.3.")}
+    with pytest.raises(ReleaseImportError, match=r"experts.N.gc1/gc2 for N in \[0, 1, 2\]"):
+        import_release(_save_state(tmp_path / "no_gcn.pth", no_gcn), tmp / "glove.pkl", tmp_path / "x.ckpt")
