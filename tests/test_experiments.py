@@ -14,7 +14,11 @@ PAPER_ROWS = list(PAPER_ORDER)
 
 #: Rows whose recipe IS the backbone (the CXR-LT 2023 winner is ConvNeXt-S): the only rows that set one. They run
 #: here with that backbone, randomly initialised, at 32 px.
-BACKBONE_ROWS = {"winner_recipe": "convnext_small", "winner_recipe_plus": "convnext_small"}
+BACKBONE_ROWS = {
+    "winner_recipe": "convnext_small",
+    "winner_recipe_plus": "convnext_small",
+    "release_faithful": "resnet101",  # the authors' release: ResNet-101
+}
 #: Rows that need a stage-1 checkpoint (decoupled training); its model has 2 experts.
 STAGE2_ROWS = {"crt"}
 

@@ -57,6 +57,10 @@ def test_backbone_loads_a_local_state_dict(tmp_path):
 
 def test_imagenet_weights_offline_fail_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    for var in ("no_proxy", "NO_PROXY"):  # the download is attempted: through a proxy on a closed local port
+        monkeypatch.delenv(var, raising=False)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
     with pytest.raises(FileNotFoundError, match="not available offline.*pretrained=none"):
         build_backbone("resnet101", "imagenet")
 

@@ -84,8 +84,22 @@ def _field_type(tp: Any) -> Any:
     if origin in (dict, Mapping) or tp is dict:
         return Any  # nested configs (e.g. a loss inside a loss) merge into Any, not into Dict[str, Any]
     if dataclasses.is_dataclass(tp):
-        return tp
+        return _overridable(tp)
     return Any
+
+
+@functools.cache
+def _overridable(tp: type) -> type:
+    """A frozen dataclass makes OmegaConf mark its node read-only, so no override could set a field (e.g.
+    ``data.augment.kind=release``): the schema is a mutable copy with the same typed fields and defaults."""
+    if not tp.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        return tp
+    hints = typing.get_type_hints(tp)
+    fields = [
+        (f.name, hints.get(f.name, Any), dataclasses.field(default=f.default, default_factory=f.default_factory))
+        for f in dataclasses.fields(tp)
+    ]
+    return dataclasses.make_dataclass(tp.__name__ + "Schema", fields)
 
 
 def _default(value: Any, ftype: Any) -> Any:
@@ -95,6 +109,9 @@ def _default(value: Any, ftype: Any) -> Any:
         value = list(value)
     if isinstance(value, list | dict):
         return dataclasses.field(default_factory=functools.partial(type(value), value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and isinstance(ftype, type):
+        values = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return dataclasses.field(default_factory=functools.partial(ftype, **values))  # the (mutable) schema copy
     if isinstance(ftype, type) and issubclass(ftype, enum.Enum) and value is not None:
         return ftype(value)
     return value

@@ -9,6 +9,7 @@ about 2 ms at 1024 px where torchvision's PIL ops take ~17 ms.
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -82,11 +83,23 @@ def load_grayscale(path: str | os.PathLike, size: int | None, resample: Resample
     return out
 
 
+class AugmentKind(enum.StrEnum):
+    """``data.augment.kind``: ``default`` (small affine + brightness / contrast), ``release`` (the authors' 12 modes,
+    :func:`release_augment`), ``none``."""
+
+    default = "default"
+    release = "release"
+    none = "none"
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation plausible for chest X-rays: small affine and brightness/contrast, no flips or turns."""
+    """Training augmentation. ``kind=default``: plausible for chest X-rays, small affine and brightness/contrast, no
+    flips or turns (the fields below); ``kind=release``: the authors' release (:func:`release_augment`, the fields
+    below are not used); ``kind=none`` (or ``enabled=false``): no augmentation."""
 
     enabled: bool = True
+    kind: AugmentKind = AugmentKind.default
     degrees: float = 7.0
     translate: float = 0.05
     scale_min: float = 0.92
@@ -106,14 +119,18 @@ class XrayTransform:
     """
 
     def __init__(self, augment: AugmentConfig | None = None) -> None:
-        self.augment = augment if augment is not None and augment.enabled else None
+        if augment is not None and augment.kind not in AugmentKind.__members__:
+            raise ValueError(f"data.augment.kind={augment.kind!r}; expected one of {list(AugmentKind.__members__)}")
+        on = augment is not None and augment.enabled and augment.kind != AugmentKind.none
+        self.augment = augment if on else None
 
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
         arr = np.asarray(img) if isinstance(img, np.ndarray) else np.array(img, dtype=np.uint8)
         if arr.dtype != np.uint8 or arr.ndim != 2:
             raise ValueError(f"expected an 8-bit grayscale image, got {arr.dtype} of shape {arr.shape}")
         if self.augment is not None:
-            arr = self._augment(arr, self.augment)
+            release = self.augment.kind == AugmentKind.release
+            arr = release_augment(arr) if release else self._augment(arr, self.augment)
         if not arr.flags.writeable:
             arr = arr.copy()
         return torch.from_numpy(arr).unsqueeze(0)
@@ -141,6 +158,38 @@ class XrayTransform:
             )
             arr = cv2.LUT(arr, lut)
         return arr
+
+
+#: The release's number of augmentation modes, drawn uniformly per image (:func:`release_augment`).
+RELEASE_MODES = 12
+
+
+def release_augment(arr: np.ndarray, mode: int | None = None, factor: float | None = None) -> np.ndarray:
+    """The authors' training augmentation on an 8-bit image: one of 12 modes, uniformly (torch's RNG).
+
+    Modes 0-7 are the 8 symmetries of the square (0 identity; 1 flip of the 90° turn; 2 vertical flip; 3 270° turn;
+    4 flip of the 180° turn, i.e. a horizontal flip; 5 90° turn; 6 180° turn; 7 flip of the 270° turn; turns
+    counter-clockwise, flips upside down); 8 and 9 both rotate by +10° (counter-clockwise) about the centre
+    ``(w/2, h/2)``, bilinear, black corners, same size (the release lists the same rotation twice, so it has
+    probability 2/12 and there is no -10°); 10 scales intensities by w ~ U[0, 1); 11 by 1 + w. The release scales
+    the float image and clips to [0, 1] after dividing by 255; here the product is rounded and clipped to
+    [0, 255] (at most half a grey level apart). ``mode`` / ``factor`` fix the draw (tests).
+    """
+    if mode is None:
+        mode = int(torch.randint(RELEASE_MODES, ()).item())
+    if not 0 <= mode < RELEASE_MODES:
+        raise ValueError(f"release augmentation mode must be in [0, {RELEASE_MODES}), got {mode}")
+    if mode < 8:
+        turns = {1: 1, 3: 3, 4: 2, 5: 1, 6: 2, 7: 3}.get(mode, 0)
+        out = np.rot90(arr, k=turns) if turns else arr
+        return np.ascontiguousarray(np.flipud(out) if mode in (1, 2, 4, 7) else out)
+    if mode < 10:
+        h, w = arr.shape
+        rot = cv2.getRotationMatrix2D((w / 2, h / 2), 10.0, 1.0)
+        return cv2.warpAffine(arr, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    w = float(torch.rand((), dtype=torch.float64).item()) if factor is None else float(factor)
+    scale = w if mode == 10 else 1.0 + w
+    return np.clip(np.rint(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 def affine_matrix(

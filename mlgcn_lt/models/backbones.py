@@ -1,17 +1,21 @@
 """Backbones split into a shared *trunk* and a *last stage* that each expert owns a copy of.
 
-``pretrained``: ``none`` (random init), ``imagenet`` (torchvision's weights API; must already be in the torch hub
-cache, since nothing is downloaded here), or a path to a local ``state_dict`` file (``.pt`` / ``.pth``).
+``pretrained``: ``none`` (random init), ``imagenet`` (torchvision's default ImageNet weights: read from the torch hub
+cache, downloaded there once per node when missing, see :func:`imagenet_weights_file`), or a path to a local
+``state_dict`` file (``.pt`` / ``.pth``). ``if_unavailable``: what to do when the ImageNet weights can be neither
+found nor downloaded (``error``: stop with instructions; ``random``: warn and start from a random init).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -169,19 +173,69 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _load_weights(model: nn.Module, name: str, pretrained: str) -> None:
+class WeightsUnavailable(FileNotFoundError):
+    """ImageNet weights neither in the torch hub cache nor downloadable; the message says what to do."""
+
+
+def _download(url: str, dst: Path) -> None:
+    """Fetch ``url`` into ``dst`` with torch's downloader (temporary file, then rename: never a partial ``dst``),
+    checking the SHA-256 prefix that torchvision puts in the file name."""
+    match = torch.hub.HASH_REGEX.search(dst.name)
+    torch.hub.download_url_to_file(url, str(dst), hash_prefix=match.group(1) if match else None, progress=False)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if needed): processes of a node (DDP ranks) take turns."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """The torch hub cache file of ``name``'s default ImageNet weights, downloaded there if missing.
+
+    The download happens once per node: the first process to take a lock next to the file downloads it, the others
+    (the other DDP ranks) wait on the lock and then find the file. A failure raises :class:`WeightsUnavailable`
+    with where to put the file by hand, or how to use a local file or no weights instead.
+    """
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if hub.is_file():
+        return hub
+    try:
+        hub.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(hub.with_name(hub.name + ".lock")):
+            if not hub.is_file():  # another process may have fetched it while this one waited for the lock
+                log.info("downloading ImageNet weights for %s from %s to %s", name, weights.url, hub)
+                _download(weights.url, hub)
+    except Exception as e:  # no network, proxy, read-only cache, hash mismatch: all end in the same advice
+        raise WeightsUnavailable(
+            f"ImageNet weights for {name} are not available offline and could not be downloaded "
+            f"({type(e).__name__}: {e}): expected {hub} (download {weights.url} there on a machine with internet), "
+            f"or set model.backbone.pretrained=/path/to/{name}.pth, or model.backbone.pretrained=none, or "
+            "model.backbone.if_unavailable=random to start from a random init with a warning"
+        ) from e
+    if not hub.is_file():
+        raise WeightsUnavailable(f"the download of {weights.url} left no file at {hub}")
+    return hub
+
+
+def _load_weights(model: nn.Module, name: str, pretrained: str, if_unavailable: str = "error") -> None:
     if pretrained == "none":
         return
     if pretrained == "imagenet":
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-        if not hub.is_file():
-            raise FileNotFoundError(
-                f"ImageNet weights for {name} are not available offline: expected {hub} "
-                f"(download {weights.url} there on a machine with internet), or set "
-                f"model.backbone.pretrained=/path/to/{name}.pth, or model.backbone.pretrained=none"
-            )
-        state = weights.get_state_dict(progress=False, check_hash=False)
+        try:
+            path = imagenet_weights_file(name)
+        except WeightsUnavailable as e:
+            if if_unavailable != "random":
+                raise
+            log.warning("%s; model.backbone.if_unavailable=random: %s starts from a RANDOM init", e, name)
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         path = Path(os.path.expanduser(pretrained))
         if not path.is_file():
@@ -210,11 +264,19 @@ def _load_weights(model: nn.Module, name: str, pretrained: str) -> None:
         )
 
 
-def build_backbone(name: str, pretrained: str = "none") -> TrunkSplit:
-    """Build torchvision ``name`` (weights per ``pretrained``) and split it into trunk and last stage."""
+def build_backbone(
+    name: str, pretrained: str = "none", if_unavailable: Literal["error", "random"] = "error"
+) -> TrunkSplit:
+    """Build torchvision ``name`` (weights per ``pretrained``) and split it into trunk and last stage.
+
+    ``if_unavailable``: with ``pretrained=imagenet``, what happens when the weights are neither cached nor
+    downloadable: ``error`` (the message says where to put the file) or ``random`` (a warning, then random init).
+    """
     if name not in _REGISTRY:
         raise KeyError(f"unknown backbone {name!r}; known: {available_backbones()}")
+    if if_unavailable not in ("error", "random"):
+        raise ValueError(f"model.backbone.if_unavailable={if_unavailable!r}; expected one of ['error', 'random']")
     builder, splitter = _REGISTRY[name]
     model = builder(weights=None)
-    _load_weights(model, name, pretrained)
+    _load_weights(model, name, pretrained, str(if_unavailable))
     return splitter(model, name)
