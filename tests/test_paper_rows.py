@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import compose_config
@@ -67,3 +69,96 @@ def test_table4_row_stays_the_4_expert_model(tmp_path, hydra_cleanup):
     least, cycle = resolved("sampler_least_sampled", tmp_path), resolved("ablation_4experts_cycle", tmp_path)
     assert least["model.num_experts"] == 4 and least["data.sampler._target_"].endswith(".LeastSampledClassSampler")
     assert all(k == "experiment_name" or k.startswith("data.sampler") for k in differing(least, cycle))
+
+
+# ------------------------------------------------------------------ the RIDE rows (Table 2 row 4, and RIDE's recipe)
+RIDE_KEYS = {"_target_", "_recursive_", "weight", "distribution", "temperature", "detach_mean", "max_logit"}
+
+
+def test_ablation_ride_adds_only_the_diversity_term(tmp_path, hydra_cleanup):
+    cycle, ride = resolved("ablation_4experts_cycle", tmp_path), resolved("ablation_ride", tmp_path)
+    # the classification loss is exactly the previous row's (BCE on the averaged logits), moved under the RIDE loss
+    before = {k.removeprefix("model.loss."): v for k, v in cycle.items() if k.startswith("model.loss.")}
+    after = {k.removeprefix("model.loss.classification."): v for k, v in ride.items() if ".classification." in k}
+    assert after == before and before["apply_to"] == "ensemble" and before["_target_"].endswith(".BCELoss")
+    assert ride["model.loss.weight"] == 0.2 and ride["model.loss.detach_mean"] is False
+    moved = {f"model.loss.{k}" for k in before} | {f"model.loss.classification.{k}" for k in before}
+    assert differing(cycle, ride) == {"experiment_name"} | moved | {f"model.loss.{k}" for k in RIDE_KEYS}
+
+
+def test_ablation_ride_individual_differs_from_ablation_ride_in_the_stated_keys(tmp_path, hydra_cleanup):
+    ride, individual = resolved("ablation_ride", tmp_path), resolved("ablation_ride_individual", tmp_path)
+    assert differing(ride, individual) == {
+        "experiment_name",
+        "model.loss.classification.apply_to",
+        "model.loss.classification.experts_reduction",
+        "model.loss.detach_mean",
+    }
+    assert individual["model.loss.classification.apply_to"] == "experts"
+    assert individual["model.loss.classification.experts_reduction"] == "mean"
+    assert individual["model.loss.detach_mean"] is True
+
+
+@pytest.mark.parametrize("row", ["ablation_lse", "ablation_mha", "ablation_lse_mha"])
+def test_rows_on_top_of_ablation_ride_add_only_their_part(row, tmp_path, hydra_cleanup):
+    ride, other = resolved("ablation_ride", tmp_path), resolved(row, tmp_path)
+    parts = {"ablation_lse": ("model.pooling",), "ablation_mha": ("model.attention",)}
+    parts["ablation_lse_mha"] = parts["ablation_lse"] + parts["ablation_mha"]
+    assert {k for k in differing(ride, other) if k != "experiment_name" and not k.startswith(parts[row])} == set()
+    assert other["model.loss.classification.apply_to"] == "ensemble"
+    if "mha" in row:
+        assert other["model.attention._target_"].endswith(".LabelSequenceAttention")
+
+
+def reference_div(z: torch.Tensor, mean_from: torch.Tensor, t: float = 1.0, clip: float = 10.0) -> torch.Tensor:
+    """Eq. 3 by hand, per-label Bernoulli form: −1/(n−1) Σ_i KL(p̄ ‖ p⁽ⁱ⁾), p̄ from ``mean_from``, times T²."""
+    p = torch.sigmoid(z.clamp(-clip, clip) / t)
+    pbar = torch.sigmoid(mean_from.clamp(-clip, clip) / t).mean(0)
+    kl = pbar * (pbar.log() - p.log()) + (1 - pbar) * ((1 - pbar).log() - (1 - p).log())
+    return -(t**2) * kl.mean(-1).sum(0).mean() / (z.shape[0] - 1)
+
+
+def row_loss(row: str, tmp_path, *overrides: str) -> torch.nn.Module:
+    from mlgcn_lt.losses import build_loss
+
+    cfg = compose_config([f"+experiment={row}", *overrides], tmp_path / "run")
+    return build_loss(cfg.model.loss, None)
+
+
+def expert_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z = (3 * torch.randn(4, 6, 5, generator=g)).requires_grad_(True)  # (E, B, C)
+    y = (torch.rand(6, 5, generator=g) < 0.3).float()
+    return z, y
+
+
+def test_ablation_ride_loss_is_bce_of_the_mean_logits_plus_lambda_div(tmp_path, hydra_cleanup):
+    from mlgcn_lt.models.experts import ModelOutput
+
+    z, y = expert_batch()
+    loss = row_loss("ablation_ride", tmp_path)(ModelOutput(z.mean(0), z), y)
+    expected = F.binary_cross_entropy_with_logits(z.mean(0), y) + 0.2 * reference_div(z, z)
+    torch.testing.assert_close(loss.total, expected)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_ablation_ride_individual_loss_is_mean_expert_bce_plus_lambda_t2_div_with_pbar_detached(
+    temperature, tmp_path, hydra_cleanup
+):
+    from mlgcn_lt.models.experts import ModelOutput
+
+    z, y = expert_batch()
+    fn = row_loss("ablation_ride_individual", tmp_path, f"model.loss.temperature={temperature}")
+    loss = fn(ModelOutput(z.mean(0), z), y).total
+    (grad,) = torch.autograd.grad(loss, z)
+
+    def clf() -> torch.Tensor:
+        return torch.stack([F.binary_cross_entropy_with_logits(e, y) for e in z]).mean()
+
+    expected = clf() + 0.2 * reference_div(z, z.detach(), temperature)  # p̄ a constant: no gradient through it
+    (expected_grad,) = torch.autograd.grad(expected, z)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    # with p̄ not detached the gradient differs: the check above sees the stop-gradient
+    (attached_grad,) = torch.autograd.grad(clf() + 0.2 * reference_div(z, z, temperature), z)
+    assert not torch.allclose(grad, attached_grad, atol=1e-6)
