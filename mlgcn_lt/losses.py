@@ -17,6 +17,7 @@ from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.models.experts import ModelOutput
 
 ApplyTo = Literal["ensemble", "experts", "both"]
+ExpertsReduction = Literal["sum", "mean"]
 
 
 class LossOutput(NamedTuple):
@@ -38,13 +39,24 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ClassificationLoss(nn.Module):
-    """Base: an element-wise multi-label loss applied to the ensemble logits, to each expert, or both."""
+    """Base: an element-wise multi-label loss applied to the ensemble logits, to each expert, or both.
 
-    def __init__(self, stats: LabelStats | None = None, apply_to: ApplyTo = "ensemble") -> None:
+    ``experts_reduction``: how the experts' own losses combine, ``sum`` (Σ_i L(z⁽ⁱ⁾)) or ``mean`` (1/n Σ_i, RIDE's
+    per-expert loss on the scale of one expert, so λ keeps its meaning relative to L_div).
+    """
+
+    def __init__(
+        self,
+        stats: LabelStats | None = None,
+        apply_to: ApplyTo = "ensemble",
+        experts_reduction: ExpertsReduction = "sum",
+    ) -> None:
         super().__init__()
         if apply_to not in ("ensemble", "experts", "both"):
-            raise ValueError(f"apply_to must be ensemble, experts or both, got {apply_to!r}")
-        self.apply_to = apply_to
+            raise ValueError(f"model.loss.apply_to must be ensemble, experts or both, got {apply_to!r}")
+        if experts_reduction not in ("sum", "mean"):
+            raise ValueError(f"model.loss.experts_reduction must be sum or mean, got {experts_reduction!r}")
+        self.apply_to, self.experts_reduction = apply_to, experts_reduction
 
     def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-entry loss (B, C) for float32 logits and 0/1 targets."""
@@ -59,7 +71,8 @@ class ClassificationLoss(nn.Module):
         if self.apply_to in ("ensemble", "both"):
             parts.append(self.reduce(output.logits, y, mask))
         if self.apply_to in ("experts", "both"):
-            parts.append(torch.stack([self.reduce(e, y, mask) for e in output.expert_logits]).sum())
+            per_expert = torch.stack([self.reduce(e, y, mask) for e in output.expert_logits])
+            parts.append(per_expert.mean() if self.experts_reduction == "mean" else per_expert.sum())
         clf = torch.stack(parts).sum()
         return LossOutput(clf, {"clf": clf})
 
@@ -107,10 +120,11 @@ class FocalLoss(ClassificationLoss):
         self,
         stats: LabelStats | None = None,
         apply_to: ApplyTo = "ensemble",
+        experts_reduction: ExpertsReduction = "sum",
         gamma: float = 2.0,
         alpha: float | None = None,
     ) -> None:
-        super().__init__(stats, apply_to)
+        super().__init__(stats, apply_to, experts_reduction)
         if gamma < 0 or (alpha is not None and not 0.0 <= alpha <= 1.0):
             raise ValueError(f"focal loss needs gamma >= 0 and alpha in [0, 1] or null, got {gamma=}, {alpha=}")
         self.gamma, self.alpha = float(gamma), alpha
@@ -136,12 +150,13 @@ class AsymmetricLoss(ClassificationLoss):
         self,
         stats: LabelStats | None = None,
         apply_to: ApplyTo = "ensemble",
+        experts_reduction: ExpertsReduction = "sum",
         gamma_neg: float = 4.0,
         gamma_pos: float = 0.0,
         clip: float = 0.05,
         detach_focusing: bool = False,
     ) -> None:
-        super().__init__(stats, apply_to)
+        super().__init__(stats, apply_to, experts_reduction)
         if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0:
             raise ValueError(
                 f"ASL needs gamma_neg, gamma_pos >= 0 and clip in [0, 1), got {gamma_neg=}, {gamma_pos=}, {clip=}"
@@ -176,10 +191,11 @@ class ClassBalancedLoss(ClassificationLoss):
         self,
         stats: LabelStats | None = None,
         apply_to: ApplyTo = "ensemble",
+        experts_reduction: ExpertsReduction = "sum",
         beta: float = 0.9999,
         gamma: float = 0.0,
     ) -> None:
-        super().__init__(stats, apply_to)
+        super().__init__(stats, apply_to, experts_reduction)
         stats = _require_stats(stats, "class-balanced (cb)")
         if not 0.0 <= beta < 1.0 or gamma < 0:
             raise ValueError(f"class-balanced loss needs beta in [0, 1) and gamma >= 0, got {beta=}, {gamma=}")
@@ -215,6 +231,7 @@ class DistributionBalancedLoss(ClassificationLoss):
         self,
         stats: LabelStats | None = None,
         apply_to: ApplyTo = "ensemble",
+        experts_reduction: ExpertsReduction = "sum",
         alpha: float = 0.1,
         beta: float = 10.0,
         mu: float = 0.3,
@@ -223,7 +240,7 @@ class DistributionBalancedLoss(ClassificationLoss):
         gamma: float = 2.0,
         balance: float = 2.0,
     ) -> None:
-        super().__init__(stats, apply_to)
+        super().__init__(stats, apply_to, experts_reduction)
         stats = _require_stats(stats, "distribution-balanced (db)")
         if neg_scale <= 0 or gamma < 0:
             raise ValueError(f"DB loss needs neg_scale > 0 and gamma >= 0, got {neg_scale=}, {gamma=}")
@@ -295,8 +312,10 @@ def diversity_loss(
 
 
 class RIDELoss(nn.Module):
-    """Eq. 4: L = L_clf + λ · L_div. The classification loss is any ClassificationLoss config (BCE on each expert
-    by default); λ = 0 reproduces the release, where the diversity term never runs."""
+    """Eq. 4: L = L_clf + λ · T² · L_div (T = ``temperature``, 1 by default). The classification loss is any
+    ClassificationLoss config: BCE on the averaged logits (the paper's row, ``ablation_ride``) or each expert's own
+    loss with p̄ detached (RIDE's recipe, ``ablation_ride_individual``); λ = 0 reproduces the release, where the
+    diversity term never runs."""
 
     def __init__(
         self,

@@ -55,6 +55,7 @@ PAPER_ORDER = (
     "ablation_2experts",
     "ablation_4experts_cycle",
     "ablation_ride",
+    "ablation_ride_individual",  # beyond the paper: RIDE's own recipe, next to the paper's RIDE row
     "ablation_lse",
     "ablation_mha",
     "ablation_lse_mha",

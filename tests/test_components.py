@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.losses import BCELoss, RIDELoss, SoftMarginLoss, diversity_loss
-from mlgcn_lt.models.attention import JointSequenceAttention, NoAttention, PerVectorAttention
+from mlgcn_lt.models.attention import (
+    JointSequenceAttention,
+    LabelSequenceAttention,
+    NoAttention,
+    PerVectorAttention,
+)
 from mlgcn_lt.models.backbones import build_backbone
 from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
 from mlgcn_lt.models.heads import GCNHead
@@ -55,7 +60,7 @@ def test_lse_gradient_is_softmax_weights():
 # ------------------------------------------------------------------ attention (Section 3.5)
 
 
-@pytest.mark.parametrize("cls", [NoAttention, JointSequenceAttention, PerVectorAttention])
+@pytest.mark.parametrize("cls", [NoAttention, LabelSequenceAttention, JointSequenceAttention, PerVectorAttention])
 def test_attention_shapes_and_gradients(cls):
     torch.manual_seed(0)
     att = cls(dim=32) if cls is NoAttention else cls(dim=32, heads=8, feedforward=64, dropout=0.0)

@@ -46,7 +46,7 @@ def test_experiment_runs_one_fast_dev_run_step(experiment, tiny_cfg, request):
 def test_full_model_is_what_the_paper_describes(tiny_cfg):
     m = tiny_cfg("+experiment=ablation_lse_mha").model
     assert m.num_experts == 4 and m.pooling.gamma == 0.5 and m.loss.weight == 0.2
-    assert m.attention._target_.endswith("JointSequenceAttention") and m.loss._target_.endswith("RIDELoss")
+    assert m.attention._target_.endswith("LabelSequenceAttention") and m.loss._target_.endswith("RIDELoss")
     assert m.label_embedding._target_.endswith("GloVeEmbedding")
 
 

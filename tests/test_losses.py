@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +33,7 @@ def test_all_unknown_gives_zero_not_nan():
     assert torch.isfinite(experts.grad).all()
 
 
-def test_apply_to_experts_sums_each_experts_loss():
+def test_apply_to_experts_sums_or_averages_each_experts_loss():
     out, _ = _out(e=3)
     t = (torch.rand(4, 3) > 0.5).float()
     each = BCELoss(apply_to="experts")(out, t).total
@@ -40,6 +41,11 @@ def test_apply_to_experts_sums_each_experts_loss():
     torch.testing.assert_close(each, ref)
     both = BCELoss(apply_to="both")(out, t).total
     torch.testing.assert_close(both, ref + F.binary_cross_entropy_with_logits(out.logits, t))
+
+    mean = BCELoss(apply_to="experts", experts_reduction="mean")(out, t).total
+    torch.testing.assert_close(mean, ref / 3)
+    with pytest.raises(ValueError, match="experts_reduction must be sum or mean"):
+        BCELoss(experts_reduction="max")
 
 
 def test_half_precision_logits_are_computed_in_float32():

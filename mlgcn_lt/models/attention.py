@@ -1,7 +1,16 @@
 """Attention between the pooled image vector and the label classifiers (Section 3.5, Eq. 6).
 
 Interface: ``(image (B, D), classifiers (C, D)) → (image' (B, D), classifiers' (C, D) or (B, C, D))``; every
-module is built with ``dim=D``.
+module is built with ``dim=D`` and the head computes logits as ``u' · W'ᵀ`` (per sample when W' is (B, C, D)).
+
+Three forms of the one shared Transformer encoder layer:
+
+- :class:`LabelSequenceAttention` (``model/attention=mha``, the paper, Figure 4): the C label rows are one
+  sequence of C tokens (label-label attention, the same for every image: classifiers stay (C, D)); each pooled
+  image vector goes through the same layer as a sequence of one.
+- :class:`JointSequenceAttention` (``model/attention=joint``, beyond the paper): one sequence [image, C labels] per
+  image, so every classifier depends on the image ((B, C, D)).
+- :class:`PerVectorAttention` (``model/attention=release``, the authors' code): every vector alone.
 """
 
 from __future__ import annotations
@@ -33,11 +42,36 @@ def _encoder_layer(dim: int, heads: int, feedforward: int, dropout: float, norm_
     )
 
 
-class JointSequenceAttention(nn.Module):
-    """One Transformer encoder layer over the sequence [image token, C label tokens] (the paper, Eq. 6).
+class LabelSequenceAttention(nn.Module):
+    """The paper's MHA (Sections 3.1, 3.5, Figure 4): one Transformer encoder layer applied to each modality.
 
-    Image and label tokens share the layer's weights (Section 3.5); attention mixes image evidence into every
-    label's classifier and label context into the image vector, so classifiers become per-sample (B, C, D).
+    The C classifier rows attend to each other as one sequence of C tokens, computed once per forward (Eq. 6 with
+    Q = K = V = the label tokens): every classifier sees the other labels, none sees the image, so classifiers
+    stay (C, D). The same layer (shared weights) maps each pooled image vector u as a sequence of one token.
+    """
+
+    def __init__(
+        self, dim: int, heads: int = 8, feedforward: int = 2048, dropout: float = 0.1, norm_first: bool = False
+    ) -> None:
+        super().__init__()
+        self.layer = _encoder_layer(dim, heads, feedforward, dropout, norm_first)
+
+    def forward(self, image: torch.Tensor, classifiers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if classifiers.dim() != 2:
+            raise ValueError(
+                f"model/attention=mha attends over one (C, D) set of label tokens, got classifiers of shape "
+                f"{tuple(classifiers.shape)}"
+            )
+        labels = self.layer(classifiers.unsqueeze(0)).squeeze(0)  # one sequence of C label tokens
+        return self.layer(image.unsqueeze(1)).squeeze(1), labels  # each image: a sequence of one
+
+
+class JointSequenceAttention(nn.Module):
+    """One Transformer encoder layer over the sequence [image token, C label tokens] (beyond the paper).
+
+    Image and label tokens share the layer's weights; attention mixes image evidence into every label's classifier
+    and label context into the image vector, so classifiers become per-sample (B, C, D). This was this project's
+    earlier ``mha``; the paper keeps the modalities apart (:class:`LabelSequenceAttention`).
     """
 
     def __init__(
