@@ -139,3 +139,8 @@ def test_unlabelled_test_split_gets_predictions_and_a_submission_only(tmp_path, 
     assert list(pd.read_csv(tmp_path / "ev" / "submission_test.csv").columns) == ["dicom_id", *CXR_LT_2023_CLASSES]
     assert "test/mAP" not in json.loads((tmp_path / "ev" / "metrics.json").read_text())
 
+
+def test_carving_val_out_of_a_one_patient_train_file_is_refused_clearly(tmp_path):
+    root = write_cxr_lt_dir(tmp_path / "d", {"train": 2, "development": 2, "test": 2})  # 2 images, 1 subject
+    with pytest.raises(TableError, match=r"train\.csv: carving val out of it .* left no training images .*1 patients"):
+        make_datamodule(root, val_csv=None).setup()

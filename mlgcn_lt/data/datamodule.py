@@ -240,6 +240,13 @@ class CXRDataModule(L.LightningDataModule):
             for s, idx in zip(missing, parts, strict=True):
                 read[s] = full.subset(idx)
             read["train"] = full.subset(rest)
+            if len(rest) == 0:
+                n_groups = len(set(full.groups().astype(str).tolist()))
+                raise TableError(
+                    f"{full.source}: carving {' and '.join(missing)} out of it (data.split: {self.split}) left no "
+                    f"training images ({len(full)} rows, {n_groups} patients); give data.val_csv / data.test_csv "
+                    "or lower data.split.*_fraction"
+                )
         return {s: read[s] for s in ("train", "val", *REPORT_SPLITS) if s in read}
 
     def _abs(self, p: str) -> Path:
