@@ -140,6 +140,50 @@ def test_unlabelled_test_split_gets_predictions_and_a_submission_only(tmp_path, 
     assert "test/mAP" not in json.loads((tmp_path / "ev" / "metrics.json").read_text())
 
 
+def _protocol_run(path: Path, experiment: str, seed: int, dev: float, test: float | None) -> None:
+    from test_report import write_run
+
+    splits = {
+        "val": "val: 6 images, carved from train.csv by subject_id (0.15, seed 0), checkpoint choice",
+        "dev": "dev: 16 images, development.csv, report only",
+        "test": "test: 16 images, test.csv, report only" + ("" if test is not None else ", no labels"),
+    }
+    metrics = {"val/mAP": 0.5, "dev/mAP": dev, "best_epoch": 1, "wall_time_s": 60, "splits": splits}
+    if test is not None:
+        metrics["test/mAP"] = test
+    write_run(path, experiment, seed, metrics)
+
+
+def test_report_names_the_split_of_each_number(tmp_path, capsys):
+    from mlgcn_lt.report import main
+
+    for seed, (dev, test) in enumerate([(0.2, 0.3), (0.4, 0.5)]):
+        _protocol_run(tmp_path / "runs" / str(seed), "ablation_lse", seed, dev, test)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "runs"), "--split", "dev,test", "--metrics", "mAP", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.startswith("# Results (dev, test splits)")
+    assert "| experiment | runs | dev/mAP | test/mAP | wall time (min) |" in text
+    assert "| ablation_lse | 2 | 0.300 ± 0.141 | 0.400 ± 0.141 | 1.0 |" in text
+    assert "- `dev`: report-only split, scored once with the chosen checkpoint. Source: development.csv" in text
+    assert "- `val`" not in text
+    csv = pd.read_csv(out / "report.csv")
+    assert csv["dev/mAP_mean"].iloc[0] == pytest.approx(0.3) and csv["test/mAP_mean"].iloc[0] == pytest.approx(0.4)
+    capsys.readouterr()
+    assert main([str(tmp_path / "runs"), "--split", "val", "--metrics", "mAP", "--out", str(out)]) == 0
+    assert "carved from train.csv by subject_id" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2"):
+        main([str(tmp_path / "runs"), "--split", "develop"])
+
+
+def test_report_refuses_a_split_without_metrics_naming_why(tmp_path):
+    from mlgcn_lt.report import main
+
+    _protocol_run(tmp_path / "runs" / "0", "ablation_lse", 0, 0.2, None)  # unlabelled test: no test/* metrics
+    with pytest.raises(SystemExit, match=r"no run's metrics.json has test/\* metrics .*no labels"):
+        main([str(tmp_path / "runs"), "--split", "test", "--metrics", "mAP", "--out", str(tmp_path / "o")])
+
+
 def test_carving_val_out_of_a_one_patient_train_file_is_refused_clearly(tmp_path):
     root = write_cxr_lt_dir(tmp_path / "d", {"train": 2, "development": 2, "test": 2})  # 2 images, 1 subject
     with pytest.raises(TableError, match=r"train\.csv: carving val out of it .* left no training images .*1 patients"):
