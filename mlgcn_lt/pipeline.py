@@ -34,7 +34,7 @@ from mlgcn_lt.evaluation import (
     write_split_outputs,
 )
 from mlgcn_lt.guards import check_config
-from mlgcn_lt.loggers import finish_wandb, log_config
+from mlgcn_lt.loggers import finish_wandb, log_config, log_summary
 from mlgcn_lt.module import MLGCNModule
 from mlgcn_lt.resume import AtomicCheckpointIO, resume_checkpoint
 from mlgcn_lt.submit import SubmissionError, save_submission
@@ -257,6 +257,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
+        scored = {k: v for k, v in metrics.items() if k.startswith(("dev/", "test/")) and k.count("/") == 1}
+        log_summary(trainer, {**{f"splits/{k}": v for k, v in metrics["splits"].items()}, **scored})
         summary = {k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, float)}
         log.info("metrics: %s", summary)
     return metrics
