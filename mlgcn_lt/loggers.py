@@ -68,11 +68,11 @@ def _start(mode: str | None, init_timeout: float, **kwargs: Any) -> WandbLogger:
 
 
 def define_metrics(run: Any) -> None:
-    """Epoch as x-axis of ``val/*`` and ``test/*``; the summary keeps the best of :data:`BEST_METRICS`."""
+    """Epoch as x-axis of ``val/*``, ``dev/*`` and ``test/*``; the summary keeps the best of :data:`BEST_METRICS`."""
     if not hasattr(run, "define_metric"):  # a non-zero DDP rank's dummy experiment
         return
     run.define_metric("epoch")
-    for pattern in ("val/*", "test/*"):
+    for pattern in ("val/*", "dev/*", "test/*"):
         run.define_metric(pattern, step_metric="epoch", step_sync=True)
     for key in BEST_METRICS:
         run.define_metric(key, step_metric="epoch", step_sync=True, summary="max")
@@ -175,6 +175,15 @@ def log_config(trainer: L.Trainer, cfg: DictConfig | dict[str, Any]) -> None:
         logger.log_hyperparams(dict(params))
 
 
+def log_summary(trainer: L.Trainer, values: dict[str, Any]) -> None:
+    """Set W&B run summary values (e.g. ``splits/<split>``: where each split's numbers come from); no-op without
+    a W&B logger."""
+    for logger in wandb_loggers(trainer):
+        summary = getattr(logger.experiment, "summary", None)
+        if summary is not None:
+            summary.update(values)
+
+
 def finish_wandb() -> None:
     """Close the active W&B run, if any (marked failed when called while an exception propagates)."""
     wandb = sys.modules.get("wandb")  # never import W&B just to find it unused
@@ -192,6 +201,7 @@ __all__ = [
     "define_metrics",
     "finish_wandb",
     "log_config",
+    "log_summary",
     "run_name",
     "wandb_logger",
     "wandb_loggers",

@@ -82,6 +82,10 @@ class MLGCNModule(L.LightningModule):
         self.loss_fn = build_loss(_cfg(loss), self.stats)
         #: Test-time augmentations applied in test / predict (set by eval and submission code).
         self.tta: tuple[str, ...] = ()
+        #: The split ``trainer.test`` scores (its metrics are logged as ``<report_split>/*``: ``test``, ``dev``...),
+        #: and whether it has labels (without them: predictions gathered in ``test_metrics.last``, nothing logged).
+        self.report_split = "test"
+        self.report_labelled = True
         #: Non-finite losses: tracked on the device, checked every ``nonfinite_check_every_n_steps`` (default: at
         #: logging steps) and at epoch end (``error``), or decided per batch (``skip``, counted).
         self.nonfinite = NonFiniteTracker()
@@ -228,7 +232,12 @@ class MLGCNModule(L.LightningModule):
         if diff:
             raise ValueError("the checkpoint was made by another model: " + "; ".join(diff))
 
-    def _eval_step(self, batch: Mapping[str, torch.Tensor], metrics: MultilabelMetrics, stage: str) -> None:
+    def _eval_step(
+        self, batch: Mapping[str, torch.Tensor], metrics: MultilabelMetrics, stage: str, labelled: bool = True
+    ) -> None:
+        if not labelled:  # no targets: no loss, only the predictions
+            metrics.update(self.predict_probs(batch["image"]), batch["target"], batch["index"])
+            return
         output, loss = self._loss(batch)
         probs = self.predict_probs(batch["image"]) if self.tta else torch.sigmoid(output.logits.float())
         metrics.update(probs, batch["target"], batch["index"])
@@ -245,11 +254,13 @@ class MLGCNModule(L.LightningModule):
         self._eval_step(batch, self.val_metrics, "val")
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_metrics, self.report_split, self.report_labelled)
 
-    def _log_metrics(self, metrics: MultilabelMetrics, stage: str) -> None:
+    def _log_metrics(self, metrics: MultilabelMetrics, stage: str, labelled: bool = True) -> None:
         values = metrics.compute()
         metrics.reset()
+        if not labelled:
+            return
         # Already gathered over all ranks by torchmetrics: log as-is (no second reduction).
         self.log_dict({f"{stage}/{k}": float(v) for k, v in values.items()}, sync_dist=False)
 
@@ -257,7 +268,7 @@ class MLGCNModule(L.LightningModule):
         self._log_metrics(self.val_metrics, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
+        self._log_metrics(self.test_metrics, self.report_split, self.report_labelled)
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"index": batch["index"], "probs": self.predict_probs(batch["image"])}

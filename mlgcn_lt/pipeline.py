@@ -1,7 +1,11 @@
-"""What train.py runs: compose parts from the config, fit, test the best checkpoint, write the run's outputs.
+"""What train.py runs: compose parts from the config, fit, score the report splits, write the run's outputs.
 
+Protocol (docs/protocol.md): ``val`` chooses the checkpoint, stops early and tunes the F1 thresholds; the report
+splits (``dev``, ``test``: those the data config names) are scored once, with the chosen checkpoint.
 Run directory: ``config.yaml`` (resolved), ``label_stats.json``, ``checkpoints/``, ``thresholds.json`` (F1
-thresholds tuned on validation), ``per_class_test.csv``, ``predictions_test.csv`` and ``metrics.json``.
+thresholds tuned on validation), per report split ``per_class_<split>.csv`` and ``predictions_<split>.csv`` (a
+split without labels: ``predictions_<split>.csv`` and ``submission_<split>.csv``), and ``metrics.json``
+(``val/*`` of the best epoch, ``dev/*``, ``test/*``, and ``splits``: where each split comes from).
 With SWA (``callbacks/averaging=swa``) the averaged final model (``checkpoints/swa.ckpt``) replaces the best epoch.
 """
 
@@ -13,17 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlgcn_lt.averaging import SWA
 from mlgcn_lt.callbacks import BestMetrics
 from mlgcn_lt.data.datamodule import CXRDataModule
-from mlgcn_lt.evaluation import save_thresholds, tune_thresholds, tuned_f1_metrics, write_split_outputs
+from mlgcn_lt.data.tables import ImageTable
+from mlgcn_lt.evaluation import (
+    predictions_frame,
+    save_thresholds,
+    tune_thresholds,
+    tuned_f1_metrics,
+    write_csv,
+    write_split_outputs,
+)
 from mlgcn_lt.guards import check_config
-from mlgcn_lt.loggers import finish_wandb, log_config
+from mlgcn_lt.loggers import finish_wandb, log_config, log_summary
 from mlgcn_lt.module import MLGCNModule
 from mlgcn_lt.resume import AtomicCheckpointIO, resume_checkpoint
+from mlgcn_lt.submit import SubmissionError, save_submission
 from mlgcn_lt.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -97,6 +111,80 @@ def _validate(trainer: L.Trainer, model: MLGCNModule, datamodule: CXRDataModule,
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
+def _val_outputs(
+    datamodule: CXRDataModule, model: MLGCNModule, trainer: L.Trainer, ckpt: str | None, validated: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation predictions of the chosen checkpoint (probs, targets, indices), to tune thresholds on."""
+    best = _find(trainer, BestMetrics)
+    if validated:  # e.g. SWA: the checkpoint was just validated, its predictions are in the model
+        return model.val_metrics.last
+    if best is not None and best.best_outputs is not None:  # the best epoch's own validation predictions
+        return best.best_outputs
+    if ckpt:  # e.g. resumed after the best epoch: predict validation again with the best weights
+        _validate(trainer, model, datamodule, ckpt)
+    return model.val_metrics.last
+
+
+def _score_split(
+    out: Path,
+    split: str,
+    datamodule: CXRDataModule,
+    model: MLGCNModule,
+    trainer: L.Trainer,
+    ckpt: str | None,
+    thresholds: np.ndarray,
+) -> dict[str, float]:
+    """Score one report split with the chosen checkpoint: ``<split>/*`` metrics, per-class and predictions files.
+
+    A split without labels gets ``predictions_<split>.csv`` and ``submission_<split>.csv`` and no metrics.
+    """
+    labelled = datamodule.has_labels(split)
+    model.report_split, model.report_labelled = split, labelled
+    try:
+        # Without a checkpoint (fast_dev_run, no checkpoint callback) the current weights are scored.
+        trainer.test(model, dataloaders=datamodule.report_dataloader(split), ckpt_path=ckpt, verbose=False)
+    finally:
+        model.report_split, model.report_labelled = "test", True
+    probs, targets, indices = model.test_metrics.last
+    table = datamodule.tables[split]
+    if not labelled:
+        if trainer.is_global_zero:
+            write_csv(out / f"predictions_{split}.csv", predictions_frame(table, indices, probs))
+            submission = out / f"submission_{split}.csv"
+            _write_submission(table, indices, probs, submission, datamodule.format)
+            log.info(
+                "%s split (%s) has no label columns: wrote predictions_%s.csv and %s, no %s/* metrics",
+                split,
+                table.source,
+                split,
+                submission.name,
+                split,
+            )
+        return {}
+    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")}
+    tuned = _prefixed(tuned_f1_metrics(probs, targets, model.classes, thresholds), split)
+    if trainer.is_global_zero:
+        write_split_outputs(out, split, {**values, **tuned}, model.stats, table, (probs, targets, indices), thresholds)
+    return {**values, f"{split}/mF1_tuned": tuned[f"{split}/mF1_tuned"]}
+
+
+def _write_submission(table: ImageTable, indices: np.ndarray, probs: np.ndarray, path: Path, fmt: str) -> None:
+    """The submission of an unlabelled report split (``python -m mlgcn_lt.submit``'s writer and checks)."""
+    if len(indices) != len(table) or not np.array_equal(indices, np.arange(len(table))):
+        log.error(
+            "%s: %d of %d rows predicted (unreadable images skipped?): no %s",
+            table.source,
+            len(indices),
+            len(table),
+            path.name,
+        )
+        return
+    try:
+        save_submission(table, probs, path, fmt=fmt)
+    except SubmissionError as err:
+        log.error("%s not written: %s", path.name, err)
+
+
 def _evaluate_best(
     out: Path,
     datamodule: CXRDataModule,
@@ -105,35 +193,15 @@ def _evaluate_best(
     ckpt: str | None,
     validated: bool = False,
 ) -> dict[str, Any]:
-    """Tune F1 thresholds on validation, test the best checkpoint, write per-class and predictions files."""
-    best = _find(trainer, BestMetrics)
-    if validated:  # e.g. SWA: the checkpoint was just validated, its predictions are in the model
-        val_probs, val_targets, _ = model.val_metrics.last
-    elif best is not None and best.best_outputs is not None:  # the best epoch's own validation predictions
-        val_probs, val_targets, _ = best.best_outputs
-    else:  # e.g. resumed after the best epoch: predict validation again with the best weights
-        if ckpt:
-            _validate(trainer, model, datamodule, ckpt)
-        val_probs, val_targets, _ = model.val_metrics.last
+    """Tune F1 thresholds on validation; score every report split (dev, test) with the chosen checkpoint."""
+    val_probs, val_targets, _ = _val_outputs(datamodule, model, trainer, ckpt, validated)
     thresholds = tune_thresholds(val_probs, val_targets)
     if trainer.is_global_zero:
         save_thresholds(out / "thresholds.json", model.classes, thresholds, f"val split, checkpoint {ckpt}")
-    # Without a checkpoint (fast_dev_run, no checkpoint callback) the current weights are tested.
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    probs, targets, indices = model.test_metrics.last
-    tuned = _prefixed(tuned_f1_metrics(probs, targets, model.classes, thresholds), "test")
-    if trainer.is_global_zero:
-        write_split_outputs(
-            out,
-            "test",
-            {**test, **tuned},
-            model.stats,
-            datamodule.tables["test"],
-            (probs, targets, indices),
-            thresholds,
-        )
-    return {**test, "test/mF1_tuned": tuned["test/mF1_tuned"]}
+    metrics: dict[str, Any] = {}
+    for split in datamodule.report_splits:
+        metrics.update(_score_split(out, split, datamodule, model, trainer, ckpt, thresholds))
+    return metrics
 
 
 def log_failure(error: BaseException) -> None:
@@ -158,7 +226,7 @@ def log_failure(error: BaseException) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test; returns (and writes to ``<run dir>/metrics.json``) best-epoch ``val/*`` and ``test/*``."""
+    """Fit and score; returns (and writes to ``<run dir>/metrics.json``) best-epoch ``val/*``, ``dev/*``, ``test/*``."""
     try:
         return _fit_and_test(cfg)
     except BaseException as e:  # also KeyboardInterrupt: the log says how the run ended
@@ -210,11 +278,14 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "trained_steps": int(trainer.global_step),  # optimizer steps; report flags a run with 0
             "best_epoch": best_epoch,
             "best_checkpoint": checkpoint,
+            "splits": datamodule.describe_splits(),
             "wall_time_s": round(time.time() - start, 1),
         }
     )
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
+        scored = {k: v for k, v in metrics.items() if k.startswith(("dev/", "test/")) and k.count("/") == 1}
+        log_summary(trainer, {**{f"splits/{k}": v for k, v in metrics["splits"].items()}, **scored})
         summary = {k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, float)}
         log.info("metrics: %s", summary)
     return metrics

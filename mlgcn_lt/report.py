@@ -2,13 +2,17 @@
 
 Usage::
 
-    python -m mlgcn_lt.report RUN_DIR_OR_GLOB... [--out DIR] [--split test] [--metrics mAP,mAUC,...] [--figures]
+    python -m mlgcn_lt.report RUN_DIR_OR_GLOB... [--out DIR] [--split test|dev|val|dev,test] [--metrics mAP,...]
+        [--figures]
     python -m mlgcn_lt.report --sampler-figure SOURCE [--samplers random,cycle,least_sampled] [--draws 512] --out DIR
 
 Arguments are run directories, multirun sweep directories (searched recursively: a directory holding
 ``config.yaml`` or ``.hydra/`` is a run), files in a run directory (its run), or globs of these (quote them:
 ``'outputs/**/multiruns/*'``). Runs are grouped by ``experiment_name``; each row shows the mean ± sample std over its
 runs (seeds) of the chosen ``<split>/<metric>``, the number of runs with metrics and without, and the mean wall time.
+Splits (docs/protocol.md): ``val`` (best epoch; it chose the checkpoint), ``dev`` and ``test`` (report-only splits
+scored with that checkpoint); the report names where each comes from (``splits`` of ``metrics.json``). Several
+splits (``--split dev,test``) give one column per split and metric, headed ``<split>/<metric>``.
 Rows: the paper's rows in paper order, then the others alphabetically. ``report.md`` and ``report.csv`` (which also
 holds the seeds and, per metric, the number of runs where it is defined) go to ``--out`` (default: the argument if
 there is exactly one and it is a directory, else the current directory); the Markdown is also printed. Runs without
@@ -91,8 +95,28 @@ def _mean_std(values: np.ndarray) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
 
 
-def summarize(runs: Sequence[Run], split: str = "test", metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
-    """One row per experiment: runs, failed, seeds, ``<m>_mean`` / ``<m>_std`` (sample) / ``<m>_n``, wall minutes."""
+def split_list(split: str | Sequence[str]) -> list[str]:
+    """``"dev,test"`` or ``["dev", "test"]`` → ``["dev", "test"]``."""
+    items = split.split(",") if isinstance(split, str) else list(split)
+    return [s.strip() for s in items if s.strip()]
+
+
+def metric_keys(split: str | Sequence[str], metrics: Sequence[str]) -> list[tuple[str, str]]:
+    """(column name, ``metrics.json`` key) per metric: ``mAP`` for one split, ``<split>/mAP`` for several."""
+    splits = split_list(split)
+    if len(splits) == 1:
+        return [(m, f"{splits[0]}/{m}") for m in metrics]
+    return [(f"{s}/{m}", f"{s}/{m}") for s in splits for m in metrics]
+
+
+def summarize(
+    runs: Sequence[Run], split: str | Sequence[str] = "test", metrics: Sequence[str] = DEFAULT_METRICS
+) -> pd.DataFrame:
+    """One row per experiment: runs, failed, seeds, ``<m>_mean`` / ``<m>_std`` (sample) / ``<m>_n``, wall minutes.
+
+    With several splits (``"dev,test"``) the metric columns are ``<split>/<m>_mean`` etc.
+    """
+    keys = metric_keys(split, metrics)
     rows = []
     for name, group in group_runs(runs).items():
         done = [r for r in group if r.ok]
@@ -102,15 +126,15 @@ def summarize(runs: Sequence[Run], split: str = "test", metrics: Sequence[str] =
             "failed": len(group) - len(done),
             "seeds": " ".join(str(r.seed) for r in done),
         }
-        for m in metrics:
+        for m, key in keys:
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = _mean_std(
-                np.array([r.value(f"{split}/{m}") for r in done], dtype=float)
+                np.array([r.value(key) for r in done], dtype=float)
             )
         wall = _mean_std(np.array([r.value("wall_time_s") for r in done], dtype=float))[0]
         row["wall_time_min"] = wall / 60.0
         rows.append(row)
     columns = ["experiment", "runs", "failed", "seeds"]
-    columns += [f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")] + ["wall_time_min"]
+    columns += [f"{m}_{s}" for m, _ in keys for s in ("mean", "std", "n")] + ["wall_time_min"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -182,13 +206,44 @@ def failed_section(runs: Sequence[Run], now: float | None = None) -> list[str]:
     return lines
 
 
+#: What each split is for, when a run does not say where it comes from (``splits`` in its metrics.json).
+SPLIT_ROLES = {
+    "val": "best epoch on the validation split (it chose the checkpoint, stopped early, tuned thresholds)",
+    "dev": "report-only split, scored once with the chosen checkpoint",
+    "test": "report-only split, scored once with the chosen checkpoint",
+}
+
+
+def split_sources(runs: Sequence[Run], split: str | Sequence[str]) -> list[str]:
+    """One line per split: what it is for and where its numbers come from (as the runs' metrics.json say)."""
+    lines = []
+    for s in split_list(split):
+        origins = sorted(
+            {
+                str(r.metrics["splits"][s]).split(", ", 1)[-1]  # without the image count
+                for r in runs
+                if r.ok and isinstance(r.metrics.get("splits"), dict) and s in r.metrics["splits"]
+            }
+        )
+        where = f" Source: {'; '.join(origins)}." if origins else ""
+        lines.append(f"- `{s}`: {SPLIT_ROLES.get(s, 'split')}.{where}")
+    return lines
+
+
 def render(
-    runs: Sequence[Run], df: pd.DataFrame, split: str = "test", digits: int = 3, figures: Sequence[str] = ()
+    runs: Sequence[Run],
+    df: pd.DataFrame,
+    split: str | Sequence[str] = "test",
+    digits: int = 3,
+    figures: Sequence[str] = (),
 ) -> str:
-    """The whole ``report.md``: table, legend, runs without metrics, notes, figures."""
+    """The whole ``report.md``: table, splits and their sources, legend, runs without metrics, notes, figures."""
     n_ok = sum(r.ok for r in runs)
+    splits = split_list(split)
     lines = [
-        f"# Results ({split} split)",
+        f"# Results ({', '.join(splits)} split{'s' if len(splits) > 1 else ''})",
+        "",
+        *split_sources(runs, splits),
         "",
         f"{len(runs)} runs ({n_ok} with metrics), {len(df)} experiments. "
         "Mean ± sample std over runs (seeds); n/a: undefined; (k/n): defined in k of n runs.",
@@ -225,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("paths", nargs="*", help="run dirs, multirun sweep dirs, or globs")
     parser.add_argument("--out", type=Path, help="output dir (default: the single dir argument, else .)")
-    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument(
+        "--split",
+        default="test",
+        type=_splits_arg,
+        help="test | dev | val, or several comma-separated (dev,test): which split's numbers (docs/protocol.md)",
+    )
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metric names")
     parser.add_argument("--digits", type=int, default=3, help="decimals in the Markdown table")
     parser.add_argument("--figures", action="store_true", help="also write figures into <out>/figures/")
@@ -238,16 +298,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _splits_arg(value: str) -> str:
+    splits = split_list(value)
+    unknown = [s for s in splits if s not in SPLIT_ROLES]
+    if not splits or unknown:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected test, dev, val or a comma-separated list of them")
+    return ",".join(splits)
+
+
 def _default_out(paths: Sequence[str]) -> Path:
     return Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path.cwd()
 
 
 def _check_metrics(runs: Sequence[Run], split: str, metrics: Sequence[str]) -> None:
     keys = set().union(*(r.metrics.keys() for r in runs if r.ok)) if any(r.ok for r in runs) else set()
-    unknown = [m for m in metrics if keys and f"{split}/{m}" not in keys]
-    if unknown:
-        known = sorted(k.split("/", 1)[1] for k in keys if k.startswith(f"{split}/") and k.count("/") == 1)
-        raise SystemExit(f"error: metric(s) {unknown} in no run's metrics.json under {split}/; known: {known}")
+    for s in split_list(split):
+        if keys and not any(k.startswith(f"{s}/") for k in keys):
+            raise SystemExit(
+                f"error: no run's metrics.json has {s}/* metrics (no {s} split, or its file has no labels: "
+                "predictions only); see docs/protocol.md"
+            )
+        unknown = [m for m in metrics if keys and f"{s}/{m}" not in keys]
+        if unknown:
+            known = sorted(k.split("/", 1)[1] for k in keys if k.startswith(f"{s}/") and k.count("/") == 1)
+            raise SystemExit(f"error: metric(s) {unknown} in no run's metrics.json under {s}/; known: {known}")
 
 
 def _sampler_figure(args: argparse.Namespace, out: Path) -> str:
@@ -297,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.figures:
         from mlgcn_lt.report_figures import write_figures
 
-        figures += write_figures(group_runs(runs), out, args.split, COMPARISONS)
+        figures += write_figures(group_runs(runs), out, split_list(args.split)[0], COMPARISONS)
     text = render(runs, df, args.split, args.digits, figures)
     write_report(text, df, out)
     print(text, end="")

@@ -154,12 +154,31 @@ def write_submission(
     probs = predict_table(models, table, size, tta=tta, batch_size=batch_size, num_workers=num_workers)
     if fusion:
         probs = fuse_table_predictions(table, probs, fusion)
+    frame = save_submission(table, probs, out, fmt=fmt, id_columns=ids)
+    log.info("wrote %s: %d rows, %d checkpoint(s), tta=%s", out, len(frame), len(models), list(tta))
+    return frame
+
+
+def save_submission(
+    table: ImageTable,
+    probs: np.ndarray,
+    out: str | Path,
+    *,
+    fmt: str = "cxr_lt",
+    id_columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Write the checked submission of ``probs`` (one row per row of ``table``, in order) for ``table.source``.
+
+    Id columns: ``id_columns``, else ``dicom_id``, else the first ``*_id`` column; the classes in the official
+    CXR-LT order (``fmt=cxr_lt``), else the table's.
+    """
+    csv = table.source
+    ids = id_columns_of(table, csv, id_columns)
     classes = CXR_LT_2023_CLASSES if fmt == "cxr_lt" else tuple(table.classes)
     frame = submission_frame(table, probs, ids, classes)
     source = pd.read_csv(csv, dtype=str, keep_default_na=False)
     check_submission(frame, source, ids, classes)
-    write_csv(out, frame)
-    log.info("wrote %s: %d rows, %d checkpoint(s), tta=%s", out, len(frame), len(models), list(tta))
+    write_csv(Path(out), frame)
     return frame
 
 

@@ -42,8 +42,9 @@ def _load(path: str) -> Any:
 class WandbPerClassAP(L.Callback):
     """Logs ``<stage>/per_class_ap`` (table: class, group, train count, AP) and its bar chart to W&B.
 
-    At validation end every ``every_n_epochs`` epochs (0: never) and at test end; at test end also the figures of
-    ``figures`` whose module exists; at fit end ``best/*`` summary values of the best checkpoint's epoch.
+    At validation end every ``every_n_epochs`` epochs (0: never) and at the end of scoring each report split
+    (``dev/per_class_ap``, ``test/per_class_ap``), with the figures of ``figures`` whose module exists; at fit end
+    ``best/*`` summary values of the best checkpoint's epoch (val split).
     """
 
     def __init__(self, every_n_epochs: int = 1, log_test: bool = True, figures: list[str] | None = None) -> None:
@@ -77,8 +78,12 @@ class WandbPerClassAP(L.Callback):
             self._log_table(trainer, pl_module, "val")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.log_test and (rows := self._log_table(trainer, pl_module, "test")):
-            self._log_figures(trainer, rows)
+        """Per-class AP of the report split just scored (``dev`` or ``test``; nothing for a split without labels)."""
+        split = getattr(pl_module, "report_split", "test")
+        if not getattr(pl_module, "report_labelled", True):
+            return
+        if self.log_test and (rows := self._log_table(trainer, pl_module, split)):
+            self._log_figures(trainer, rows, split)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The group mAPs of the best epoch (the tested checkpoint), beside the per-metric maxima."""
@@ -89,7 +94,7 @@ class WandbPerClassAP(L.Callback):
         summary = {f"best/{k}": v for k, v in best.best.items() if k in BEST_METRICS}
         logger.experiment.summary.update({"best/epoch": best.best_epoch, **summary})
 
-    def _log_figures(self, trainer: L.Trainer, rows: list[list[Any]]) -> None:
+    def _log_figures(self, trainer: L.Trainer, rows: list[list[Any]], split: str = "test") -> None:
         logger = self._logger(trainer)
         fns = [(path, fn) for path in self.figures if (fn := _load(path)) is not None]
         if logger is None or not fns:
@@ -102,7 +107,7 @@ class WandbPerClassAP(L.Callback):
         for path, fn in fns:
             try:
                 fig = fn(frame)
-                images[f"test/figures/{path.rsplit('.', 1)[-1]}"] = wandb.Image(fig)
+                images[f"{split}/figures/{path.rsplit('.', 1)[-1]}"] = wandb.Image(fig)
                 _close(fig)
             except Exception as err:  # a figure is a bonus: never fail the run for it
                 log.warning(

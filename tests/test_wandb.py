@@ -97,6 +97,11 @@ def test_offline_run_keeps_best_group_maps_per_class_table_and_config(tiny_cfg, 
         assert run.summary[f"best/{key}"] == pytest.approx(metrics[key]), key
     assert run.summary["best/epoch"] == metrics["best_epoch"]
     assert run.summary["test/mAP"] == pytest.approx(metrics["test/mAP"])
+    # The report splits' scores with the chosen checkpoint, and where each split comes from (docs/protocol.md).
+    assert run.summary["dev/mAP"] == pytest.approx(metrics["dev/mAP"])
+    assert "carved from train.csv by subject_id" in run.summary["splits/val"]
+    assert "development.csv, report only" in run.summary["splits/dev"]
+    assert len(run.tables("dev/per_class_ap")) == 1
 
     # Per-class tables: one per validation epoch and one at test end, 26 classes, most frequent first.
     val_tables, test_tables = run.tables("val/per_class_ap"), run.tables("test/per_class_ap")

@@ -32,12 +32,19 @@ log = logging.getLogger(__name__)
 
 SamplerFactory = Callable[..., LabelSampler]
 SPLITS = ("train", "val", "test")
+#: Splits only scored after training, with the chosen checkpoint (never for checkpoint choice, early stopping or
+#: thresholds): ``dev`` (``dev_csv``) and ``test`` (``test_csv``). See docs/protocol.md.
+REPORT_SPLITS = ("dev", "test")
 
 
 class CXRDataModule(L.LightningDataModule):
     """Multi-label image tables → loaders; the training sampler is an injected factory ``(labels, seed) → Sampler``.
 
-    ``val_csv`` / ``test_csv`` left empty are carved out of ``train_csv`` by patient (``split``), seeded.
+    Splits (docs/protocol.md): ``train``; ``val`` chooses checkpoints, stops early and tunes thresholds; the report
+    splits ``dev`` and ``test`` are only scored after training. ``val_csv`` left empty is carved out of
+    ``train_csv`` by patient (``split.val_fraction``), seeded; ``test_csv`` left empty is carved the same way when
+    ``split.test_fraction`` > 0 (else there is no test split); ``dev_csv`` left empty means no dev split. A report
+    split's file may lack the label columns (predictions only).
     With ``cache_dir`` set, every split reads the images decoded and resized once by
     ``python -m mlgcn_lt.data.preprocess`` (setup fails, naming the command, if any image is missing or stale).
     """
@@ -50,6 +57,7 @@ class CXRDataModule(L.LightningDataModule):
         train_csv: str,
         val_csv: str | None = None,
         test_csv: str | None = None,
+        dev_csv: str | None = None,
         image_size: int = 1024,
         resample: Resample = "bilinear",
         cache_dir: str | None = None,
@@ -80,7 +88,7 @@ class CXRDataModule(L.LightningDataModule):
         super().__init__()
         self.format = format
         self.root = Path(root)
-        self.csvs = {"train": train_csv, "val": val_csv, "test": test_csv}
+        self.csvs = {"train": train_csv, "val": val_csv, "dev": dev_csv, "test": test_csv}
         self.image_size = int(image_size)
         self.resample: Resample = str(resample)  # type: ignore[assignment] (a Hydra enum member pickles badly)
         self.cache_dir = cache_dir
@@ -151,6 +159,8 @@ class CXRDataModule(L.LightningDataModule):
         for name, table in self.tables.items():
             if len(table) == 0:
                 raise TableError(f"the {name} split has no images ({self.csvs[name] or 'carved from train_csv'})")
+            if not table.has_labels and name not in REPORT_SPLITS:
+                raise TableError(f"{table.source}: the {name} split needs labels, but the file has no label columns")
             if table.classes != self.tables["train"].classes:
                 raise TableError(
                     f"{table.source}: classes differ from the training table's {self.tables['train'].classes}"
@@ -167,11 +177,7 @@ class CXRDataModule(L.LightningDataModule):
             }
         train = self.tables["train"]
         self.stats = LabelStats.from_labels(train.labels, train.classes, **self.group_sizes)
-        log.info(
-            "data: %s train / %s val / %s test images, %d classes",
-            *(len(self.tables[s]) for s in SPLITS),
-            len(train.classes),
-        )
+        log.info("data, %d classes: %s", len(train.classes), "; ".join(self.describe_splits().values()))
 
     def _check_images(self) -> None:
         """Open every image once (``validate_images``): stop naming every bad file, or drop them (``skip``)."""
@@ -201,33 +207,83 @@ class CXRDataModule(L.LightningDataModule):
         log.warning("data.on_bad_image=skip: dropped %d unreadable image(s)%s:\n%s", len(found), where, describe(found))
 
     def read_sources(self) -> dict[str, ImageTable]:
-        """The tables as read from the configured CSVs (before carving missing splits out of train)."""
-        read = {
-            s: read_table(self.format, self._abs(p), self.root, **self.reader_options)
-            for s, p in self.csvs.items()
-            if p
-        }
-        if "train" not in read:
+        """The tables as read from the configured CSVs (before carving missing splits out of train).
+
+        Report splits (``dev``, ``test``) may come without label columns; the others must have them.
+        """
+        if not self.csvs["train"]:
             raise TableError("data.train_csv is required")
+        read = {}
+        for s, p in self.csvs.items():
+            if p:
+                options = {**self.reader_options, "require_labels": s not in REPORT_SPLITS}
+                read[s] = read_table(self.format, self._abs(p), self.root, **options)
         return read
+
+    def carved_splits(self) -> list[str]:
+        """The splits carved out of ``train_csv`` by patient: ``val`` without ``val_csv``, ``test`` without
+        ``test_csv`` when ``split.test_fraction`` > 0."""
+        carved = [] if self.csvs["val"] else ["val"]
+        if not self.csvs["test"] and self.split.get("test_fraction", 0) > 0:
+            carved.append("test")
+        return carved
 
     def _read_splits(self) -> dict[str, ImageTable]:
         read = self.read_sources()
-        missing = [s for s in ("val", "test") if s not in read]
+        missing = self.carved_splits()
         if missing:
             fractions = [self.split[f"{s}_fraction"] for s in missing]
+            if fractions[0] <= 0:
+                raise TableError(f"data.split.{missing[0]}_fraction must be > 0 when data.{missing[0]}_csv is null")
             *parts, rest = split_by_group(read["train"], fractions, self.split.get("seed", self.seed))
             full = read["train"]
             for s, idx in zip(missing, parts, strict=True):
                 read[s] = full.subset(idx)
             read["train"] = full.subset(rest)
-        return {s: read[s] for s in SPLITS}
+            if len(rest) == 0:
+                n_groups = len(set(full.groups().astype(str).tolist()))
+                raise TableError(
+                    f"{full.source}: carving {' and '.join(missing)} out of it (data.split: {self.split}) left no "
+                    f"training images ({len(full)} rows, {n_groups} patients); give data.val_csv / data.test_csv "
+                    "or lower data.split.*_fraction"
+                )
+        return {s: read[s] for s in ("train", "val", *REPORT_SPLITS) if s in read}
 
     def _abs(self, p: str) -> Path:
         path = Path(os.path.expanduser(p))
         return path if path.is_absolute() or path.exists() else self.root / path
 
     # ------------------------------------------------------------------ public surface
+    @property
+    def report_splits(self) -> list[str]:
+        """The report-only splits of this data (``dev``, ``test``), those that exist, in that order."""
+        self._need_setup()
+        return [s for s in REPORT_SPLITS if s in self.tables]
+
+    def has_labels(self, split: str) -> bool:
+        """Whether ``split``'s file had label columns (a report split without them gets predictions only)."""
+        self._need_setup()
+        return self.tables[split].has_labels
+
+    def describe_splits(self) -> dict[str, str]:
+        """Where each split comes from and what it is used for (logged, and kept in ``metrics.json``)."""
+        self._need_setup()
+        train_csv = Path(self.csvs["train"]).name
+        group = self.tables["train"].group_column or "row"
+        role = {"train": "training", "val": "checkpoint choice, early stopping, thresholds"}
+        out = {}
+        for s, t in self.tables.items():
+            if s in self.carved_splits():
+                origin = f"carved from {train_csv} by {group} ({self.split[f'{s}_fraction']:g}, seed "
+                origin += f"{self.split.get('seed', self.seed)})"
+            elif s == "train" and self.carved_splits():
+                origin = f"{train_csv} minus {' and '.join(self.carved_splits())}"
+            else:
+                origin = Path(self.csvs[s]).name
+            what = role.get(s, "report only" + ("" if t.has_labels else ", no labels: predictions only"))
+            out[s] = f"{s}: {len(t)} images, {origin}, {what}"
+        return out
+
     @property
     def classes(self) -> list[str]:
         self._need_setup()
@@ -288,7 +344,11 @@ class CXRDataModule(L.LightningDataModule):
         return self.make_loader(self.dataset("val"), batch_size=self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self.make_loader(self.dataset("test"), batch_size=self.eval_batch_size)
+        return self.report_dataloader("test")
+
+    def report_dataloader(self, split: str) -> DataLoader:
+        """Loader of an evaluation split in row order (``dev``, ``test``, or ``val``)."""
+        return self.make_loader(self.dataset(split), batch_size=self.eval_batch_size)
 
     def labels(self, split: str) -> np.ndarray:
         self._need_setup()

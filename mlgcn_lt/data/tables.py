@@ -44,6 +44,9 @@ class ImageTable:
     group_column: str | None = None
     #: 1-based line numbers in ``source`` (header = line 1), kept for error messages after subsetting.
     lines: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    #: False for a file without label columns (e.g. the challenge's test file): labels are all NaN, and the split
+    #: gets predictions but no metrics.
+    has_labels: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -73,6 +76,7 @@ class ImageTable:
             meta=self.meta.iloc[index].reset_index(drop=True),
             group_column=self.group_column,
             lines=self.lines[index],
+            has_labels=self.has_labels,
         )
 
     def groups(self) -> np.ndarray:
@@ -156,12 +160,17 @@ def _make_table(
     labels: np.ndarray,
     meta_columns: Sequence[str],
     group_column: str | None,
+    has_labels: bool = True,
 ) -> ImageTable:
     paths = df[path_column].astype(str).str.strip().tolist()
     lines = np.arange(2, len(df) + 2)
     _check_paths(paths, lines, root, source, path_column)
     meta = df[list(meta_columns)].reset_index(drop=True)
-    return ImageTable(source, root, paths, classes, labels, meta, group_column, lines)
+    return ImageTable(source, root, paths, classes, labels, meta, group_column, lines, has_labels)
+
+
+def _unlabelled(n: int, classes: Sequence[str]) -> np.ndarray:
+    return np.full((n, len(classes)), np.nan, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- the three formats
@@ -191,9 +200,10 @@ def read_cxr_lt(
     after = list(df.columns[df.columns.get_loc(path_column) + 1 :])
     before = [c for c in df.columns if c not in after and c != path_column]
     header_classes = after
+    if not header_classes and require_labels:
+        expected = f" (expected {list(classes)})" if classes is not None else ""
+        raise TableError(f"{source}: no label columns after {path_column!r}{expected}; labels are needed here")
     if classes is None:
-        if not header_classes and require_labels:
-            raise TableError(f"{source}: no label columns after {path_column!r}")
         use = header_classes
     else:
         want = list(classes)
@@ -208,10 +218,7 @@ def read_cxr_lt(
             if header_classes != want:
                 log.warning("%s: label columns are in a non-official order; mapped by name", source)
         use = want
-    if header_classes:
-        labels = parse_labels(df, use, source, uncertain)
-    else:
-        labels = np.full((len(df), len(use)), np.nan, dtype=np.float32)
+    labels = parse_labels(df, use, source, uncertain) if header_classes else _unlabelled(len(df), use)
     group = "subject_id" if "subject_id" in df.columns else None
     if not set(CXR_LT_2023_METADATA[:2]).issubset(before):
         log.warning("%s: CXR-LT metadata columns %s not found", source, list(CXR_LT_2023_METADATA[:2]))
@@ -224,6 +231,7 @@ def read_cxr_lt(
         labels=labels,
         meta_columns=before,
         group_column=group,
+        has_labels=bool(header_classes),
     )
 
 
@@ -233,16 +241,35 @@ def read_nih(
     *,
     classes: Sequence[str] | None = NIH_CXR14_CLASSES,
     image_dir: str = "images",
+    require_labels: bool = True,
 ) -> ImageTable:
     """NIH ``Data_Entry_2017_v2020.csv``: ``Image Index``, ``|``-separated ``Finding Labels``, ``Patient ID``.
 
     Images are looked up at ``root/image_dir/<Image Index>``. A finding not in ``classes`` is an error.
+    ``require_labels=False`` accepts a file without ``Finding Labels`` (a report split without labels).
     """
     source = Path(csv)
     df = _read_csv(source)
-    for col in ("Image Index", "Finding Labels", "Patient ID"):
+    labelled = "Finding Labels" in df.columns
+    needed = ("Image Index", "Finding Labels", "Patient ID") if labelled or require_labels else ("Image Index",)
+    for col in needed:
         if col not in df.columns:
             raise TableError(f"{source}: missing NIH column {col!r} (have {list(df.columns)})")
+    if not labelled:
+        if classes is None:
+            raise TableError(f"{source}: no 'Finding Labels' column and no data.classes to name the classes")
+        df = df.assign(_path=[f"{image_dir}/{p.strip()}" if image_dir else p.strip() for p in df["Image Index"]])
+        return _make_table(
+            df,
+            source=source,
+            root=Path(root),
+            path_column="_path",
+            classes=list(classes),
+            labels=_unlabelled(len(df), classes),
+            meta_columns=[c for c in df.columns if c != "_path"],
+            group_column="Patient ID" if "Patient ID" in df.columns else None,
+            has_labels=False,
+        )
     cls = (
         list(classes)
         if classes is not None
@@ -281,11 +308,17 @@ def read_csv_table(
     id_columns: Sequence[str] = (),
     group_column: str | None = None,
     uncertain: UncertainPolicy = "error",
+    require_labels: bool = True,
 ) -> ImageTable:
-    """Any CSV: one image path column and the label columns named in the config."""
+    """Any CSV: one image path column and the label columns named in the config.
+
+    ``require_labels=False`` accepts a file with none of the label columns (a report split without labels).
+    """
     source = Path(csv)
     df = _read_csv(source)
-    needed = [path_column, *label_columns, *id_columns] + ([group_column] if group_column else [])
+    labelled = require_labels or any(c in df.columns for c in label_columns)
+    needed = [path_column, *(label_columns if labelled else []), *id_columns]
+    needed += [group_column] if group_column and labelled else []
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise TableError(f"{source}: missing column(s) {missing} named in the data config (have {list(df.columns)})")
@@ -293,7 +326,8 @@ def read_csv_table(
         raise TableError(f"{source}: data.label_columns lists a class twice: {list(label_columns)}")
     if not label_columns:
         raise TableError(f"{source}: data.label_columns is empty")
-    labels = parse_labels(df, label_columns, source, uncertain)
+    labels = parse_labels(df, label_columns, source, uncertain) if labelled else _unlabelled(len(df), label_columns)
+    group_column = group_column if group_column in df.columns else None
     meta = list(dict.fromkeys([*id_columns, *([group_column] if group_column else [])]))
     return _make_table(
         df,
@@ -304,6 +338,7 @@ def read_csv_table(
         labels=labels,
         meta_columns=meta,
         group_column=group_column,
+        has_labels=labelled,
     )
 
 
