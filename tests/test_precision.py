@@ -52,9 +52,11 @@ class GradientNorms(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         def hook(optimizer, args, kwargs):
-            scale = kwargs.get("grad_scale")
+            scale = getattr(optimizer, "grad_scale", None)  # set by GradScaler.step for a fused optimizer
             scale = 1.0 if scale is None else float(scale)
             grads = [p.grad.float() / scale for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if not all(torch.isfinite(g).all() for g in grads):
+                return  # an overflow under 16-mixed: the scaler skips this step
             self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
             self.max_abs.append(max(float(g.abs().max()) for g in grads))
 
