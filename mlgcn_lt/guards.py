@@ -71,8 +71,33 @@ def check_config(cfg: DictConfig) -> None:
                 f"trainer.{key}={value}: no training step would run (the untrained model would be tested and "
                 "reported); use at least 1, or eval.py to score an existing checkpoint"
             )
+    problems += precision_problems(cfg)
     if problems:
         raise ValueError("impossible configuration:\n  " + "\n  ".join(problems))
+
+
+#: The smallest positive float16 (a subnormal): anything below rounds to 0 in float16 arithmetic.
+FLOAT16_TINY = float(torch.finfo(torch.float16).smallest_normal) * 2.0**-10
+
+
+def precision_problems(cfg: DictConfig) -> list[str]:
+    """Precision x optimizer combinations that cannot train (every other one does: see docs/resume_and_precision.md).
+
+    ``16-true`` keeps the weights, and so Adam's moment estimates, in float16. The per-tensor (``fused: false``)
+    Adam adds the default ``eps`` (1e-8) in float16, where it is 0: a parameter whose gradient is 0 then steps by
+    0 / 0 = NaN at the first step (measured). The fused kernel computes in float32 and trains.
+    """
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    optimizer = cfg.get("model", {}).get("optimizer") or {}
+    adam = "Adam" in str(optimizer.get("_target_", "")) and not optimizer.get("fused")
+    eps = optimizer.get("eps", 1e-8)
+    if precision in ("16-true", "16", "half") and adam and eps is not None and float(eps) < FLOAT16_TINY:
+        return [
+            f"trainer.precision={precision} with model.optimizer.fused=false keeps Adam's state in float16, where "
+            f"model.optimizer.eps={eps} is 0 (NaN at the first step): set model.optimizer.fused=true (float32 "
+            "arithmetic), use trainer.precision=bf16-true / 16-mixed / bf16-mixed, or set model.optimizer.eps=1e-4"
+        ]
+    return []
 
 
 def checkpoint_differences(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> list[str]:

@@ -25,6 +25,7 @@ from mlgcn_lt.guards import NonFiniteTracker, checkpoint_differences
 from mlgcn_lt.losses import LossOutput, build_loss
 from mlgcn_lt.metrics import MultilabelMetrics
 from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
+from mlgcn_lt.precision import clip_gradients
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,15 @@ class MLGCNModule(L.LightningModule):
         return {"index": batch["index"], "probs": self.predict_probs(batch["image"])}
 
     # ------------------------------------------------------------------ optimisation
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``trainer.gradient_clip_val`` for every precision, fused optimizers included (:mod:`mlgcn_lt.precision`)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(_cfg(self.hparams.optimizer))(params=[p for p in self.parameters() if p.requires_grad])
         if self.hparams.scheduler is None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from mlgcn_lt.data.cache import CachedImages, StoreIndex, open_cached, store_dir
 from mlgcn_lt.data.dataset import ImageTableDataset, collate_skipping_bad
 from mlgcn_lt.data.images import AugmentConfig, Resample, build_transform
+from mlgcn_lt.data.resumable import ResumableLoader
 from mlgcn_lt.data.samplers import AugmentationSeeds, EvalShardSampler, LabelSampler, RandomSampler
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, UncertainPolicy, read_table, split_by_group
@@ -314,10 +315,12 @@ class CXRDataModule(L.LightningDataModule):
             sampler.num_samples = 2
         return sampler
 
-    def make_loader(self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
+    def make_loader(
+        self, dataset, *, batch_size: int, sampler=None, drop_last: bool = False, loader: type = DataLoader
+    ) -> DataLoader:
         """A loader over ``dataset``; without ``sampler``, the rows in order (this rank's shard under DDP)."""
         workers = self.num_workers
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=batch_size,
             sampler=sampler if sampler is not None else EvalShardSampler(len(dataset)),
@@ -337,7 +340,11 @@ class CXRDataModule(L.LightningDataModule):
         sampler = AugmentationSeeds(self.build_sampler(), self.seed)
         # A last batch of one image breaks BatchNorm; drop the remainder when there is more than one batch.
         return self.make_loader(
-            ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(sampler) > self.batch_size
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=len(sampler) > self.batch_size,
+            loader=ResumableLoader,  # exact resumption with workers and mid-epoch checkpoints
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -316,6 +316,12 @@ class AugmentationSeeds(Sampler[tuple[int, int]]):
     def __init__(self, sampler: LabelSampler, seed: int = 0) -> None:
         self.sampler = sampler
         self.seed = int(seed)
+        #: Positions (of this rank) the next iteration skips, once: set by a loader resuming mid-epoch.
+        self.skip = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -326,7 +332,10 @@ class AugmentationSeeds(Sampler[tuple[int, int]]):
     def __iter__(self):
         world, rank, epoch = self.sampler.num_replicas, self.sampler.rank, self.sampler.epoch
         base = np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]
+        skip, self.skip = self.skip, 0
         for pos, index in enumerate(self.sampler):
+            if pos < skip:
+                continue
             yield index, int((int(base) + rank + pos * world) % (2**63))
 
 
