@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 def compose_data(overrides: Sequence[str], config_name: str = "train"):
     """The ``data`` node of the real config, composed with ``overrides`` as ``train.py`` would."""
+    return compose_train(overrides, config_name).data
+
+
+def compose_train(overrides: Sequence[str], config_name: str = "train"):
+    """The real config composed with ``overrides`` as ``train.py`` would, without a run directory."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -40,7 +45,7 @@ def compose_data(overrides: Sequence[str], config_name: str = "train"):
             cfg = compose(config_name=config_name, overrides=[*overrides, "data.report_dir=null"])
     finally:
         GlobalHydra.instance().clear()
-    return cfg.data
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
