@@ -16,6 +16,7 @@ from mlgcn_lt.data.images import (
     intensity_lut,
     load_grayscale,
 )
+from mlgcn_lt.data.validate import check_image
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,7 @@ def test_constant_high_depth_image_is_a_bad_image_naming_the_file(tmp_path, mode
     Image.fromarray(arr).save(path)
     with pytest.raises(ImageDecodeError, match=r"flat\.(png|tiff).*constant image"):
         load_grayscale(path, None)
+    assert "constant image" in check_image(str(path), "full")  # what validate --full and the skip policy list
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
