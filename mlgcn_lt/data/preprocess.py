@@ -7,7 +7,7 @@ Takes the same Hydra overrides as ``train.py`` (only ``data`` and ``paths`` matt
     python train.py data=cxr_lt data.root=/data/mimic-cxr-jpg data.image_size=1024 data.cache_dir=/fast/cache
 
 Every image of every split table is decoded (JPEG draft mode), resized with ``data.resample`` and stored as raw
-uint8 pixels under ``<cache_dir>/<size>px-<resample>-v1-<root hash>/``. Runs in parallel, resumes (images already
+uint8 pixels under ``<cache_dir>/<size>px-<resample>-v<N>-<root hash>/``. Runs in parallel, resumes (images already
 cached and unchanged are skipped), and is safe to interrupt (see :mod:`mlgcn_lt.data.cache`).
 """
 
