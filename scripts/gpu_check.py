@@ -77,8 +77,9 @@ def datamodule(root: Path, work: Path, size: int, batch: int, samples: int) -> C
         format="cxr_lt",
         root=str(root),
         train_csv="train.csv",
-        val_csv="train.csv",
-        test_csv="train.csv",
+        val_csv=None,  # carved (1% each): the same file in two splits is refused as leakage
+        test_csv=None,
+        split={"val_fraction": 0.01, "test_fraction": 0.01},
         image_size=size,
         cache_dir=str(work / "cache"),
         batch_size=batch,

@@ -16,6 +16,7 @@ from mlgcn_lt.data.images import (
     intensity_lut,
     load_grayscale,
 )
+from mlgcn_lt.data.validate import check_image
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,48 @@ def test_16bit_png_is_scaled_by_its_bit_range(tmp_path):
     Image.fromarray(arr).save(tmp_path / "x.png")
     out = np.asarray(load_grayscale(tmp_path / "x.png", None))
     np.testing.assert_array_equal(out, [[0, 255], [128, 1]])
+
+
+def test_12bit_data_in_a_16bit_png_uses_its_real_range(tmp_path):
+    """0-4095 (12-bit DICOM data saved as 16-bit PNG) must span 0-255, not be divided by 65535 into 17 grey levels."""
+    arr = np.array([[0, 4095], [2048, 1024]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    out = np.asarray(load_grayscale(tmp_path / "x.png", None))
+    np.testing.assert_array_equal(out, [[0, 255], [128, 64]])
+
+
+def test_png_sbit_chunk_sets_the_bit_depth(tmp_path):
+    """A 12-bit image whose brightest pixel is 2000 is scaled by 4095 (declared), not 2047 (observed)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    arr = np.array([[0, 2000], [1000, 10]], dtype=np.uint16)
+    info = PngInfo()
+    info.add(b"sBIT", bytes([12]))
+    Image.fromarray(arr).save(tmp_path / "sbit.png", pnginfo=info)
+    Image.fromarray(arr).save(tmp_path / "plain.png")
+    assert np.asarray(load_grayscale(tmp_path / "sbit.png", None))[0, 1] == round(2000 * 255 / 4095)
+    assert np.asarray(load_grayscale(tmp_path / "plain.png", None))[0, 1] == round(2000 * 255 / 2047)
+
+
+@pytest.mark.parametrize(("mode", "value"), [("I;16", 4095), ("I;16", 0), ("F", 0.5)])
+def test_constant_high_depth_image_is_a_bad_image_naming_the_file(tmp_path, mode, value):
+    arr = np.full((8, 8), value, dtype=np.uint16 if mode == "I;16" else np.float32)
+    path = tmp_path / ("flat.png" if mode == "I;16" else "flat.tiff")
+    Image.fromarray(arr).save(path)
+    with pytest.raises(ImageDecodeError, match=r"flat\.(png|tiff).*constant image"):
+        load_grayscale(path, None)
+    assert "constant image" in check_image(str(path), "full")  # what validate --full and the skip policy list
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_float_tiff_with_a_non_finite_pixel_is_a_bad_image(tmp_path, bad):
+    arr = np.random.default_rng(0).random((8, 8), dtype=np.float32)
+    arr[3, 4] = bad
+    path = tmp_path / "f.tiff"
+    Image.fromarray(arr).save(path)
+    # errstate: not an anonymous numpy warning either (the old code warned and returned a black image)
+    with np.errstate(all="raise"), pytest.raises(ImageDecodeError, match=r"f\.tiff.*1 non-finite pixel"):
+        load_grayscale(path, None)
 
 
 def test_rgba_transparent_pixels_become_black(tmp_path):

@@ -181,3 +181,39 @@ def test_real_nih_sample_table():
     assert int((t.labels[:, [c != "No Finding" for c in t.classes]].sum(1) >= 2).sum()) == 445
     assert len(set(t.groups())) == 881
     assert all(t.image_path(i).is_file() for i in range(0, 1617, 97))
+
+
+@pytest.mark.parametrize("keep", ["path", "6 labels", "quoted"])
+def test_row_cut_short_is_an_error_naming_file_and_line(tmp_path, keep):
+    """An interrupted copy ends mid-row; pandas would pad it with blanks (= 26 unknown labels) and exit 0."""
+    df = cxr_lt_frame(5)
+    if keep == "quoted":  # quotes in the file take the csv-module path
+        df["ViewCodeSequence_CodeMeaning"] = "postero-anterior, erect"
+    text = df.to_csv(index=False).rstrip("\n").split("\n")
+    first_label = df.columns.get_loc(CXR_LT_2023_CLASSES[0])
+    cut = first_label if keep == "path" else first_label + 6
+    last = text[-1]
+    quoted = last.count('"') // 2  # a quoted field holds one comma of its own
+    text[-1] = ",".join(last.split(",")[: cut + quoted])
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(TableError, match=r"t\.csv: line 6: \d+ field\(s\), fewer than the header's 32"):
+        read_cxr_lt(path, tmp_path)
+
+
+def test_complete_row_with_empty_fields_and_blank_lines_still_reads(tmp_path):
+    df = cxr_lt_frame(4).astype({"Edema": object})
+    df.loc[1, "Edema"] = ""
+    path = tmp_path / "t.csv"
+    path.write_text(df.to_csv(index=False).replace("\n", "\n\n", 1))  # a blank line after the header
+    t = read_cxr_lt(path, tmp_path)
+    assert len(t) == 4 and np.isnan(t.labels[1, t.classes.index("Edema")])
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_other_separator_lists_the_columns_found(tmp_path, sep):
+    df = cxr_lt_frame(3)
+    df.to_csv(tmp_path / "t.csv", index=False, sep=sep)
+    with pytest.raises(TableError, match=r"t\.csv: the header reads as one column.*'dicom_id', 'subject_id'") as e:
+        read_cxr_lt(tmp_path / "t.csv", tmp_path)
+    assert "comma" in str(e.value)

@@ -39,7 +39,9 @@ from mlgcn_lt.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+#: Bumped when decoding changes what a cached image holds (2: 16-bit images scaled by their real bit depth, not
+#: 65535), so an older store is rebuilt rather than served.
+VERSION = 2
 #: Pixel bytes per chunk file (the unit of parallelism, resumption and atomicity).
 CHUNK_BYTES = 256 * 2**20
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from mlgcn_lt.data.cache import CachedImages, StoreIndex, open_cached, store_dir
 from mlgcn_lt.data.dataset import ImageTableDataset, collate_skipping_bad
 from mlgcn_lt.data.images import AugmentConfig, Resample, build_transform
+from mlgcn_lt.data.leakage import check_split_leakage
 from mlgcn_lt.data.resumable import ResumableLoader
 from mlgcn_lt.data.samplers import AugmentationSeeds, EvalShardSampler, LabelSampler, RandomSampler
 from mlgcn_lt.data.stats import LabelStats
@@ -24,6 +25,7 @@ from mlgcn_lt.data.validate import (
     BAD_IMAGES_FILE,
     BadImage,
     BadImagesError,
+    check_root,
     describe,
     find_bad_images,
     write_bad_images,
@@ -166,7 +168,9 @@ class CXRDataModule(L.LightningDataModule):
                 raise TableError(
                     f"{table.source}: classes differ from the training table's {self.tables['train'].classes}"
                 )
+        check_split_leakage(self.tables)  # no image (or carved patient) in two splits: metrics would leak
         if not self.cache_dir:  # a cache was checked when it was built; its images are not read from the source
+            check_root(self.root, len(self.tables["train"]))
             self._check_images()
         if self.cache_dir:
             how = f"data.root={self.root} data.image_size={self.image_size} data.cache_dir={self.cache_dir}"

@@ -39,19 +39,80 @@ class ImageDecodeError(OSError):
     """An image that cannot be decoded; the message names the file and the reason."""
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """Any Pillow mode → 8-bit grayscale ('L'); 16-bit and 32-bit integer images are scaled by their bit range."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_significant_bits(path: str | os.PathLike) -> int | None:
+    """The grey channel's significant bits from a PNG's ``sBIT`` chunk (Pillow does not read it), else ``None``."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind in (b"IDAT", b"IEND"):  # sBIT must precede the image data
+                return None
+            if kind == b"sBIT" and length >= 1:
+                return f.read(1)[0] or None
+            f.seek(length + 4, os.SEEK_CUR)  # chunk data + CRC
+
+
+def significant_bits(img: Image.Image, path: str | os.PathLike) -> int | None:
+    """Bits the file declares its samples use (PNG ``sBIT``, TIFF ``BitsPerSample``), ``None`` if not declared."""
+    if img.format == "PNG":
+        return _png_significant_bits(path)
+    if img.format == "TIFF" and hasattr(img, "tag_v2"):
+        bits = img.tag_v2.get(258)  # BitsPerSample
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        return int(bits) if bits else None
+    return None
+
+
+def _integer_top(arr: np.ndarray, container_bits: int, declared_bits: int | None) -> float:
+    """White level of an integer image: ``2^b - 1`` for its real bit depth ``b``.
+
+    ``b`` is the declared significant bits when they are fewer than the container's and the pixels fit them (a
+    PNG written by the spec scales 12-bit data up to 16 bits, and then the container's range applies); otherwise the
+    observed maximum rounded up to ``2^k - 1``, so 12-bit data in a 16-bit file (0-4095, common after DICOM
+    conversion) is not scaled by 65535 into near-black.
+    """
+    peak = int(arr.max(initial=0))
+    if declared_bits is not None and declared_bits < container_bits:
+        top = (1 << declared_bits) - 1
+        return float(top if peak <= top else (1 << container_bits) - 1)
+    return float((1 << max(peak.bit_length(), 1)) - 1)
+
+
+def _to_8bit(img: Image.Image, declared_bits: int | None = None) -> Image.Image:
+    """Any Pillow mode → 8-bit grayscale ('L').
+
+    16- and 32-bit integer images are scaled by their real bit range (:func:`_integer_top`), float images by their
+    min-max range. A constant 16-bit / 32-bit / float image (no range to scale by) and a float image with a
+    non-finite pixel are errors (``ValueError``; :func:`load_grayscale` names the file).
+    """
     if img.mode == "L":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(arr.max())
+        arr = np.asarray(img, dtype=np.int64)
+        if arr.size and arr.min() == arr.max():
+            raise ValueError(f"constant image (every pixel {int(arr.flat[0])}, mode {img.mode}), no range to scale by")
+        top = _integer_top(arr, 16 if img.mode.startswith("I;16") else 32, declared_bits)
         return Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = arr[~finite]
+            raise ValueError(
+                f"{bad.size} non-finite pixel(s) in a float image "
+                f"({int(np.isnan(bad).sum())} NaN, {int(np.isinf(bad).sum())} inf)"
+            )
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo == hi:
+            raise ValueError(f"constant image (every pixel {lo}, float), no range to scale by")
+        return Image.fromarray(np.rint((arr - lo) / (hi - lo) * 255.0).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels become black (background of an X-ray), not whatever colour they happen to hold.
         rgba = img.convert("RGBA")
@@ -73,7 +134,8 @@ def load_grayscale(path: str | os.PathLike, size: int | None, resample: Resample
             if size is not None and img.format == "JPEG":
                 img.draft("L", (size, size))
             img.load()
-            out = _to_8bit(img)
+            bits = significant_bits(img, path) if img.mode.startswith("I") else None
+            out = _to_8bit(img, bits)
     except FileNotFoundError as e:
         raise ImageDecodeError(f"image not found: {path}") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

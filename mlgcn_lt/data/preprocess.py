@@ -7,7 +7,7 @@ Takes the same Hydra overrides as ``train.py`` (only ``data`` and ``paths`` matt
     python train.py data=cxr_lt data.root=/data/mimic-cxr-jpg data.image_size=1024 data.cache_dir=/fast/cache
 
 Every image of every split table is decoded (JPEG draft mode), resized with ``data.resample`` and stored as raw
-uint8 pixels under ``<cache_dir>/<size>px-<resample>-v1-<root hash>/``. Runs in parallel, resumes (images already
+uint8 pixels under ``<cache_dir>/<size>px-<resample>-v<N>-<root hash>/``. Runs in parallel, resumes (images already
 cached and unchanged are skipped), and is safe to interrupt (see :mod:`mlgcn_lt.data.cache`).
 """
 
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 def compose_data(overrides: Sequence[str], config_name: str = "train"):
     """The ``data`` node of the real config, composed with ``overrides`` as ``train.py`` would."""
+    return compose_train(overrides, config_name).data
+
+
+def compose_train(overrides: Sequence[str], config_name: str = "train"):
+    """The real config composed with ``overrides`` as ``train.py`` would, without a run directory."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -40,7 +45,7 @@ def compose_data(overrides: Sequence[str], config_name: str = "train"):
             cfg = compose(config_name=config_name, overrides=[*overrides, "data.report_dir=null"])
     finally:
         GlobalHydra.instance().clear()
-    return cfg.data
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:

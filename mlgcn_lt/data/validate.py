@@ -106,6 +106,17 @@ def find_bad_images(
     ]
 
 
+def check_root(root: str | Path, n_images: int) -> None:
+    """One error for a missing ``data.root``, rather than one "file not found" per image."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise BadImagesError(
+            f"data.root {root} {what}: every image path of the tables is relative to it ({n_images} training "
+            "images); set data.root to the folder holding the images"
+        )
+
+
 def describe(bad: Sequence[BadImage], limit: int = 20) -> str:
     """A readable list of bad images (the first ``limit``, then a count)."""
     lines = [f"  {b.source}:{b.line}: {b.path}: {b.reason}" for b in bad[:limit]]
@@ -122,32 +133,48 @@ def write_bad_images(path: str | Path, bad: Sequence[BadImage]) -> Path:
     return atomic_write(path, lambda f: frame.to_csv(f, index=False))
 
 
+def default_out(log_dir: str | Path) -> Path:
+    """Where the CLI writes its list without ``--out``: a new ``<paths.log_dir>/validate/<date>_<time>/``."""
+    from datetime import datetime
+
+    return Path(log_dir) / "validate" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f") / BAD_IMAGES_FILE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: compose a data config like train.py, check every image of every split, print and save the bad ones."""
     parser = argparse.ArgumentParser(prog="python -m mlgcn_lt.data.validate", description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. data=cxr_lt)")
     parser.add_argument("--full", action="store_true", help="decode every image (finds truncated files)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", default=BAD_IMAGES_FILE, help="CSV listing the bad images")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"CSV listing the bad images, or a folder to hold {BAD_IMAGES_FILE} "
+        "(default: a new folder <paths.log_dir>/validate/<date>_<time>/, never the current directory)",
+    )
     args = parser.parse_args(argv)
     from hydra.utils import instantiate
 
-    from mlgcn_lt.data.preprocess import compose_data
+    from mlgcn_lt.data.preprocess import compose_train
 
-    data = compose_data([*args.overrides, "data.validate_images=none"])
-    datamodule = instantiate(data)
+    cfg = compose_train([*args.overrides, "data.validate_images=none"])
+    out = args.out if args.out is not None else default_out(cfg.paths.log_dir)
+    if out.is_dir():
+        out = out / BAD_IMAGES_FILE
+    datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
+    check_root(datamodule.root, len(datamodule.tables["train"]))  # also when data.cache_dir is set
     bad = []
     for split, table in datamodule.tables.items():
         found = find_bad_images(table, "full" if args.full else "header", args.workers)
         print(f"{split}: {len(table)} images, {len(found)} bad")
         bad += found
-    write_bad_images(args.out, bad)
+    write_bad_images(out, bad)
     if bad:
-        print(f"{len(bad)} bad image(s), listed in {args.out}:\n{describe(bad)}", file=sys.stderr)
+        print(f"{len(bad)} bad image(s), listed in {out}:\n{describe(bad)}", file=sys.stderr)
         return 1
-    print(f"all images readable; wrote {args.out}")
+    print(f"all images readable; wrote {out}")
     return 0
 
 
