@@ -151,13 +151,13 @@ def _score_split(
         if trainer.is_global_zero:
             write_csv(out / f"predictions_{split}.csv", predictions_frame(table, indices, probs))
             submission = out / f"submission_{split}.csv"
-            _write_submission(table, indices, probs, submission, datamodule.format)
+            written = _write_submission(table, indices, probs, submission, datamodule.format)
             log.info(
-                "%s split (%s) has no label columns: wrote predictions_%s.csv and %s, no %s/* metrics",
+                "%s split (%s) has no label columns: wrote predictions_%s.csv%s, no %s/* metrics",
                 split,
                 table.source,
                 split,
-                submission.name,
+                f" and {submission.name}" if written else f" (no {submission.name}: see the error above)",
                 split,
             )
         return {}
@@ -168,8 +168,9 @@ def _score_split(
     return {**values, f"{split}/mF1_tuned": tuned[f"{split}/mF1_tuned"]}
 
 
-def _write_submission(table: ImageTable, indices: np.ndarray, probs: np.ndarray, path: Path, fmt: str) -> None:
-    """The submission of an unlabelled report split (``python -m mlgcn_lt.submit``'s writer and checks)."""
+def _write_submission(table: ImageTable, indices: np.ndarray, probs: np.ndarray, path: Path, fmt: str) -> bool:
+    """The submission of an unlabelled report split (``python -m mlgcn_lt.submit``'s writer and checks); whether
+    it was written (an error is logged, naming why, when it was not)."""
     if len(indices) != len(table) or not np.array_equal(indices, np.arange(len(table))):
         log.error(
             "%s: %d of %d rows predicted (unreadable images skipped?): no %s",
@@ -178,11 +179,13 @@ def _write_submission(table: ImageTable, indices: np.ndarray, probs: np.ndarray,
             len(table),
             path.name,
         )
-        return
+        return False
     try:
         save_submission(table, probs, path, fmt=fmt)
     except SubmissionError as err:
         log.error("%s not written: %s", path.name, err)
+        return False
+    return True
 
 
 def _evaluate_best(
