@@ -44,7 +44,8 @@ def test_gpu_and_ddp_trainer_configs_train_a_step_on_the_cpu(tiny_cfg, trainer):
 
 
 class GradientNorms(L.Callback):
-    """The gradients each optimizer step applies (after clipping; divided by the loss scale a fused step removes)."""
+    """The gradients each optimizer step applied (read after the step: clipped, and unscaled — a fused step under
+    16-mixed unscales them in place; automatic optimization runs backward and clipping inside ``step``)."""
 
     def __init__(self) -> None:
         self.norms: list[float] = []
@@ -52,15 +53,13 @@ class GradientNorms(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         def hook(optimizer, args, kwargs):
-            scale = getattr(optimizer, "grad_scale", None)  # set by GradScaler.step for a fused optimizer
-            scale = 1.0 if scale is None else float(scale)
-            grads = [p.grad.float() / scale for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if not all(torch.isfinite(g).all() for g in grads):
-                return  # an overflow under 16-mixed: the scaler skips this step
+            grads = [p.grad.float() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if not grads or not all(torch.isfinite(g).all() for g in grads):
+                return  # an overflow under 16-mixed: the scaler skipped this step
             self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
             self.max_abs.append(max(float(g.abs().max()) for g in grads))
 
-        trainer.optimizers[0].register_step_pre_hook(hook)
+        trainer.optimizers[0].register_step_post_hook(hook)
 
 
 CLIP = 1e-3  # far below the gradient norms of these steps: clipping, when on, always binds

@@ -56,7 +56,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 900.0) -> None
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -88,6 +88,63 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(tiny_c
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3 * 30
+
+
+def _sampler_command(root: Path, log_dir: Path, sampler: str, *extra: str) -> list[str]:
+    """The defaults of a paper row: loader workers, early stopping, ``deterministic=false``; a label-aware sampler."""
+    cmd = [a for a in _command(root, log_dir) if not a.startswith(("data.num_workers", "trainer.deterministic"))]
+    cmd = [a for a in cmd if a != "callbacks.early_stopping=null"]
+    return [*cmd, f"data/sampler={sampler}", "data.sampler.num_samples=40", "data.num_workers=2", *extra]
+
+
+def _kill_when(proc: subprocess.Popen, log_dir: Path, name: str, sig: int, delay: float) -> Path:
+    _wait_for(lambda: any((r / "checkpoints" / name).exists() for r in _runs(log_dir)), proc)
+    time.sleep(delay)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+    (run,) = _runs(log_dir)
+    assert not (run / "metrics.json").exists()
+    return run
+
+
+@pytest.mark.parametrize("sampler", ["random", "cycle", "class_aware", "least_sampled", "repeat_factor"])
+def test_sigkill_then_resume_is_exact_for_every_sampler_with_loader_workers(tiny_cxr_lt, tmp_path, sampler):
+    """Issue 13, 0b: with workers, the first resumed epoch replayed epoch 0's draw (the loader prefetched before
+    Lightning set the epoch), and the RNG states were restored one epoch late."""
+    reference = tmp_path / "reference"
+    _run(_sampler_command(tiny_cxr_lt, reference, sampler))
+    expected = json.loads((_runs(reference)[0] / "metrics.json").read_text())
+
+    killed = tmp_path / "killed"
+    cmd = _sampler_command(tiny_cxr_lt, killed, sampler)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = _kill_when(proc, killed, "last.ckpt", signal.SIGKILL, 0.5)  # into the second epoch
+    resumed = _run(cmd)
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    got = json.loads((run / "metrics.json").read_text())
+    for key in COMPARED:
+        assert got[key] == expected[key], (key, got[key], expected[key])  # bit-identical
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(tiny_cxr_lt, tmp_path):
+    """A checkpoint written mid-epoch (preemption) resumes at the next batch of the same epoch's draw."""
+    extra = ("data.sampler.num_samples=400",)  # 100 steps per epoch: the signal lands mid-epoch
+    reference = tmp_path / "reference"
+    _run(_sampler_command(tiny_cxr_lt, reference, "cycle", *extra))
+    expected = json.loads((_runs(reference)[0] / "metrics.json").read_text())
+
+    log_dir = tmp_path / "term"
+    cmd = _sampler_command(tiny_cxr_lt, log_dir, "cycle", *extra)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = _kill_when(proc, log_dir, "epoch_000.ckpt", signal.SIGTERM, 3.0)
+    assert proc.returncode == 0
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 100 < step < 200, step  # saved mid-epoch
+    _run(cmd)
+    got = json.loads((run / "metrics.json").read_text())
+    for key in COMPARED:
+        assert got[key] == expected[key], (key, got[key], expected[key])
 
 
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tiny_cxr_lt, tmp_path):

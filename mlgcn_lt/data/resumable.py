@@ -37,13 +37,16 @@ class ResumableLoader(DataLoader):
         self._consumed = 0
         if self._resume is not None:
             state, self._resume = self._resume, None
-            if state["epoch"] == sampler.epoch and 0 < state["batches"] < len(self):
+            if hasattr(sampler, "skip") and state["epoch"] == self._epoch() and 0 < state["batches"] < len(self):
                 sampler.skip = state["batches"] * int(self.batch_size)
                 self._consumed = state["batches"]
         return super().__iter__()
 
+    def _epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))  # Lightning may swap in its own sampler (overfit_batches)
+
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._consumed)}
+        return {"epoch": self._epoch(), "batches": int(self._consumed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}

@@ -48,10 +48,11 @@ class InputNormalizer(nn.Module):
         self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In the buffers' dtype: float32, or bfloat16 / float16 under trainer.precision=*-true (0..255 is exact).
         if x.dtype == torch.uint8:
-            x = x.float()
+            x = x.to(self.scale.dtype)
         else:  # already a float image in [0, 1]
-            x = x * 255.0
+            x = x.to(self.scale.dtype) * 255.0
         if x.shape[1] == 1 and self.channels != 1:
             x = x.expand(-1, self.channels, -1, -1)
         return torch.addcmul(self.shift, x, self.scale)
