@@ -259,7 +259,7 @@ def test_a_box_covers_its_cue_and_leaves_the_image_unchanged() -> None:
     def draw(fn, **kw):  # the same generators for every call
         return fn({"Nodule"}, "PA", 96, np.random.default_rng(5), np.random.default_rng(6), **kw)
 
-    img, boxes = draw(draw_image_with_boxes)
+    img = draw(draw_image_with_boxes)[0]
     assert np.array_equal(draw(draw_image), img)  # recording boxes draws nothing from the generators
     x, y, w, h = draw(draw_image_with_boxes, contrast=1.0)[1]["Nodule"]
     bright = draw(draw_image_with_boxes, contrast=1.0)[0].astype(float)

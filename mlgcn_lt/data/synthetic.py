@@ -3,8 +3,8 @@
 ``generate(out_dir)`` writes ``train.csv``, ``development.csv`` and ``test.csv`` (the metadata columns,
 ``path`` relative to ``out_dir`` in the MIMIC-CXR-JPG layout ``files/p10/p10000032/s50414267/<dicom_id>.jpg``,
 then the 26 labels in official order), 8-bit grayscale JPEGs, ``boxes.csv`` (where each finding's cue was drawn:
-``split, dicom_id, path, class, x, y, w, h`` in pixels of the stored image) and ``manifest.json`` last. ``ensure`` does so
-atomically and only when needed; ``python -m mlgcn_lt.data.synthetic --out DIR`` is the CLI.
+``split, dicom_id, path, class, x, y, w, h`` in pixels of the stored image) and ``manifest.json`` last.
+``ensure`` does so atomically and only when needed; ``python -m mlgcn_lt.data.synthetic --out DIR`` is the CLI.
 
 Patients have 1-3 studies, studies 1-2 images (PA or AP, plus a lateral); splits are disjoint by patient.
 Labels belong to the study (its images share them) and come from :mod:`mlgcn_lt.data.synthetic_labels`
@@ -44,10 +44,10 @@ from mlgcn_lt.data.synthetic_labels import (
 )
 
 __all__ = [
-    "COLUMNS",
-    "DEFAULTS",
     "BOXES",
     "BOX_COLUMNS",
+    "COLUMNS",
+    "DEFAULTS",
     "FORMAT_VERSION",
     "MANIFEST",
     "MIN_POSITIVES",
