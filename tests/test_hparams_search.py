@@ -39,7 +39,7 @@ def test_optuna_search_config_composes(launcher, tmp_path, monkeypatch, hydra_cl
     }
     # the keys searched exist in the composed model (a typo would only fail in the first trial)
     assert cfg.model.loss.weight is not None and cfg.model.pooling.gamma > 0 and cfg.model.head.threshold > 0
-    sweep_dir = tmp_path / "search" / "search" / "mlgcn_search"
+    sweep_dir = tmp_path / "search" / "mlgcn_search"
     assert Path(cfg.hydra.sweep.dir) == sweep_dir
     assert sweeper.storage == f"sqlite:///{sweep_dir / 'optuna.db'}" and sweep_dir.is_dir()
 
