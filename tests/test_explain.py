@@ -139,9 +139,15 @@ def test_nih_box_file_is_read_by_position(tmp_path):
 def checkpoint(synthetic_root, tmp_path_factory) -> Path:
     from hydra.core.global_hydra import GlobalHydra
 
+    from omegaconf import OmegaConf
+
     tmp = tmp_path_factory.mktemp("ckpt")
-    try:
-        return save(build_model(synthetic_root, tmp, "model.num_experts=2"), tmp / "model.ckpt")
+    try:  # laid out like a run: <run>/config.yaml and <run>/checkpoints/model.ckpt
+        model = build_model(synthetic_root, tmp, "model.num_experts=2", "data.num_workers=0")
+        cfg = compose_config([f"data.root={synthetic_root}", "data.num_workers=0"], tmp / "run")
+        (tmp / "run").mkdir(exist_ok=True)
+        (tmp / "run" / "config.yaml").write_text(OmegaConf.to_yaml(plain_config(cfg)))
+        return save(model, tmp / "run" / "checkpoints" / "model.ckpt")
     finally:
         GlobalHydra.instance().clear()
 
@@ -191,3 +197,11 @@ def test_cli_errors_name_the_bad_input(checkpoint, tmp_path, capsys):
     text.write_text("hello")
     assert main(["--ckpt", str(text), str(good), "--out", str(tmp_path / "o")]) == 2
     assert f"{text}: cannot be read as a PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_cli_reads_a_split_of_the_runs_own_data_config(checkpoint, synthetic_root, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(checkpoint), "--split", "val", "--limit", "2", "--top-k", "1", "--out", str(out)]) == 0
+    val = pd.read_csv(synthetic_root / "development.csv").head(2)
+    assert sorted(p.name for p in out.iterdir()) == sorted(val.dicom_id)
+    assert main(["--ckpt", str(checkpoint), "--split", "val", "--config", str(tmp_path / "no.yaml"), "--out", "x"]) == 2
