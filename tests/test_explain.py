@@ -138,7 +138,6 @@ def test_nih_box_file_is_read_by_position(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(synthetic_root, tmp_path_factory) -> Path:
     from hydra.core.global_hydra import GlobalHydra
-
     from omegaconf import OmegaConf
 
     tmp = tmp_path_factory.mktemp("ckpt")
