@@ -110,6 +110,9 @@ def test_pointing_game_matches_a_hand_computed_example():
     miss = point(cam, [(6, 6, 4, 4)], "A")  # 16 of 100 pixels
     other = point(cam, [(0, 0, 10, 5)], "B")  # the upper half
     assert (hit.hit, hit.chance, miss.hit, miss.chance) == (True, 0.09, False, 0.16)
+    plateau = np.zeros((10, 10))
+    plateau[6:, 6:] = 2.0  # a tied block: pointed at its centroid (row 7.5 -> 8, col 8), not its first pixel
+    assert point(plateau, [(7, 7, 2, 2)], "A").hit and not point(plateau, [(6, 6, 1, 1)], "A").hit
     summary = summarize([hit, miss, other], ["B", "A"])
     assert summary["per_class"]["A"] == {"hit_rate": 0.5, "chance": pytest.approx(0.125), "n": 2}
     assert summary["per_class"]["B"] == {"hit_rate": 1.0, "chance": 0.5, "n": 1}

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from mlgcn_lt.explain.pointing import peak
 from mlgcn_lt.utils.io import atomic_write
 
 Box = tuple[float, float, float, float]
@@ -28,7 +29,7 @@ def draw(ax, image: np.ndarray, cam: np.ndarray, title: str, boxes: Sequence[Box
     ax.imshow(_normalise(cam), cmap="jet", alpha=alpha, vmin=0, vmax=1)
     for x, y, w, h in boxes:
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.2))
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    r, c = peak(cam)
     ax.plot([c], [r], marker="x", color="white", markersize=6, mew=1.5)
     ax.set_title(title, fontsize=8)
     ax.axis("off")

@@ -37,10 +37,21 @@ def box_mask(shape: tuple[int, int], boxes: Iterable[Box]) -> np.ndarray:
     return mask
 
 
+def peak(cam: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the map's maximum; a tied plateau counts at its centroid.
+
+    An upsampled coarse map (a 2×2 feature map at 64 px) holds its maximum on a whole block that reaches the image
+    border; ``argmax`` would pick the block's first pixel, a corner of the image, whatever the model attends to.
+    """
+    top = float(cam.max())
+    rows, cols = np.nonzero(cam >= top - 1e-6 * max(1.0, abs(top)))
+    return int(round(rows.mean())), int(round(cols.mean()))
+
+
 def point(cam: np.ndarray, boxes: Sequence[Box], cls: str) -> Pointing:
     """Score one map against its boxes (both in the map's pixels)."""
     mask = box_mask(cam.shape, boxes)
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    r, c = peak(cam)
     return Pointing(cls, bool(mask[r, c]), float(mask.mean()))
 
 
