@@ -45,7 +45,7 @@ def peak(cam: np.ndarray) -> tuple[int, int]:
     """
     top = float(cam.max())
     rows, cols = np.nonzero(cam >= top - 1e-6 * max(1.0, abs(top)))
-    return int(round(rows.mean())), int(round(cols.mean()))
+    return int(np.rint(rows.mean())), int(np.rint(cols.mean()))
 
 
 def point(cam: np.ndarray, boxes: Sequence[Box], cls: str) -> Pointing:
