@@ -30,6 +30,9 @@ AP side by side for sampler_random vs sampler_cycle and for ablation_mlgcn vs ab
 positive labels per class among ``--draws`` draws of each sampler, from training labels: ``synthetic:N`` (N rows of
 the synthetic CXR-LT label model), an ``.npy`` (N, C) 0/1 array, or a CXR-LT-format CSV (labels only are read).
 It can be given with or without runs.
+
+A search directory (``hparams_search=optuna``, holding ``optuna.db``) also gets its trials ranked and the best
+parameters as a ready override line (:mod:`mlgcn_lt.reporting.search`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlgcn_lt.reporting.search import search_report
 from mlgcn_lt.runs import Run, collect_runs
 from mlgcn_lt.utils.io import atomic_write
 
@@ -372,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mlgcn_lt.report_figures import write_figures
 
         figures += write_figures(group_runs(runs), out, split_list(args.split)[0], COMPARISONS)
-    text = render(runs, df, args.split, args.digits, figures)
+    text = render(runs, df, args.split, args.digits, figures) + search_report(args.paths)
     write_report(text, df, out)
     print(text, end="")
     return 0

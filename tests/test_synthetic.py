@@ -196,13 +196,13 @@ def test_incomplete_data_sets_are_not_complete(tmp_path: Path) -> None:
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def broken(*args: object, **kwargs: object) -> np.ndarray:
+    def broken(*args: object, **kwargs: object) -> tuple[np.ndarray, dict]:
         calls.append(1)
         if len(calls) > 10:
             raise KeyboardInterrupt
-        return np.zeros((8, 8), np.uint8)
+        return np.zeros((8, 8), np.uint8), {}
 
-    monkeypatch.setattr(syn, "draw_image", broken)
+    monkeypatch.setattr(syn, "draw_image_with_boxes", broken)
     with pytest.raises(KeyboardInterrupt):
         syn.ensure(tmp_path / "data", **SMALL)
     assert list(tmp_path.iterdir()) == []
@@ -238,3 +238,31 @@ def test_cli(tmp_path: Path) -> None:
     assert json.loads((out / syn.MANIFEST).read_text())["params"]["seed"] == 3
     with Image.open(out / pd.read_csv(out / "train.csv")["path"][0]) as img:
         assert img.size == (32, 32)
+
+
+def test_boxes_csv_records_where_each_cue_was_drawn(tmp_path: Path) -> None:
+    out = syn.ensure(tmp_path / "data", **SMALL)
+    boxes = pd.read_csv(out / syn.BOXES)
+    assert list(boxes.columns) == list(syn.BOX_COLUMNS) and len(boxes) > 0
+    size = SMALL.get("image_size", syn.DEFAULTS["image_size"])
+    assert (boxes[["x", "y"]] >= 0).all().all() and ((boxes.x + boxes.w) <= size).all()
+    assert ((boxes.y + boxes.h) <= size).all() and (boxes[["w", "h"]] > 0).all().all()
+    for split in syn.SPLITS:  # every box belongs to a positive image of its split
+        table = pd.read_csv(out / f"{split}.csv").set_index("dicom_id")
+        rows = boxes[boxes.split == split]
+        assert all(table.loc[d, c] == 1 for d, c in zip(rows.dicom_id, rows["class"], strict=True))
+
+
+def test_a_box_covers_its_cue_and_leaves_the_image_unchanged() -> None:
+    from mlgcn_lt.data.synthetic_draw import draw_image, draw_image_with_boxes
+
+    def draw(fn, **kw):  # the same generators for every call
+        return fn({"Nodule"}, "PA", 96, np.random.default_rng(5), np.random.default_rng(6), **kw)
+
+    img = draw(draw_image_with_boxes)[0]
+    assert np.array_equal(draw(draw_image), img)  # recording boxes draws nothing from the generators
+    x, y, w, h = draw(draw_image_with_boxes, contrast=1.0)[1]["Nodule"]
+    bright = draw(draw_image_with_boxes, contrast=1.0)[0].astype(float)
+    assert w * h < 0.05 * 96 * 96  # a nodule's box is small...
+    ring = bright[max(0, y - h) : y + 2 * h, max(0, x - w) : x + 2 * w]
+    assert bright[y : y + h, x : x + w].mean() > ring.mean() + 10  # ...and sits on the bright blob

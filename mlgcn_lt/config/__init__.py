@@ -25,6 +25,13 @@ def default_workers() -> int:
     return max(0, min(8, cpus - 1))
 
 
+def sqlite_url(path: str) -> str:
+    """``sqlite:///<absolute path>``, creating the file's folder (SQLite creates the file, not its folder)."""
+    p = Path(path).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
+
+
 def _register_resolvers() -> None:
     resolvers = {
         "mlgcn.project_root": lambda: str(PROJECT_ROOT),
@@ -32,6 +39,8 @@ def _register_resolvers() -> None:
         # A short random suffix so that two runs started in the same second never share a directory.
         "mlgcn.uid": lambda: secrets.token_hex(3),
         "mlgcn.run_dir": resolve_run_dir,
+        # Optuna's study storage (conf/hparams_search/optuna.yaml)
+        "mlgcn.sqlite": sqlite_url,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -2,8 +2,9 @@
 
 ``generate(out_dir)`` writes ``train.csv``, ``development.csv`` and ``test.csv`` (the metadata columns,
 ``path`` relative to ``out_dir`` in the MIMIC-CXR-JPG layout ``files/p10/p10000032/s50414267/<dicom_id>.jpg``,
-then the 26 labels in official order), 8-bit grayscale JPEGs, and ``manifest.json`` last. ``ensure`` does so
-atomically and only when needed; ``python -m mlgcn_lt.data.synthetic --out DIR`` is the CLI.
+then the 26 labels in official order), 8-bit grayscale JPEGs, ``boxes.csv`` (where each finding's cue was drawn:
+``split, dicom_id, path, class, x, y, w, h`` in pixels of the stored image) and ``manifest.json`` last.
+``ensure`` does so atomically and only when needed; ``python -m mlgcn_lt.data.synthetic --out DIR`` is the CLI.
 
 Patients have 1-3 studies, studies 1-2 images (PA or AP, plus a lateral); splits are disjoint by patient.
 Labels belong to the study (its images share them) and come from :mod:`mlgcn_lt.data.synthetic_labels`
@@ -29,7 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES, CXR_LT_2023_METADATA
-from mlgcn_lt.data.synthetic_draw import draw_image
+from mlgcn_lt.data.synthetic_draw import draw_image_with_boxes
 from mlgcn_lt.data.synthetic_labels import (
     LATENTS,
     MIN_POSITIVES,
@@ -43,6 +44,8 @@ from mlgcn_lt.data.synthetic_labels import (
 )
 
 __all__ = [
+    "BOXES",
+    "BOX_COLUMNS",
     "COLUMNS",
     "DEFAULTS",
     "FORMAT_VERSION",
@@ -61,14 +64,17 @@ __all__ = [
     "target_rates",
 ]
 
-FORMAT_VERSION = 1
+#: 2: boxes.csv added.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+BOXES = "boxes.csv"
+BOX_COLUMNS = ("split", "dicom_id", "path", "class", "x", "y", "w", "h")
 SPLITS = ("train", "development", "test")
 #: Columns of every split table, in order: metadata, image path, the 26 labels.
 COLUMNS = (*CXR_LT_2023_METADATA, "path", *CXR_LT_2023_CLASSES)
 VIEW_MEANINGS = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
 DEFAULTS = {"seed": 0, "n_train": 3000, "n_dev": 600, "n_test": 600, "image_size": 128}
-_OWN_NAMES = {MANIFEST, "files", *(f"{s}.csv" for s in SPLITS)}
+_OWN_NAMES = {MANIFEST, BOXES, "files", *(f"{s}.csv" for s in SPLITS)}
 #: Probability that a later study of a patient keeps the latent state of the patient's first study.
 SHARE_STATE = 0.5
 
@@ -155,16 +161,20 @@ def generate(
         raise FileExistsError(f"{out} is not empty; use ensure() to (re)generate a data set in place")
     out.mkdir(parents=True, exist_ok=True)
     tables = build_tables(seed, n_train, n_dev, n_test)
+    boxes = []
     for i, (split, table) in enumerate(tables.items()):
         findings = table[list(CXR_LT_2023_CLASSES)].to_numpy(bool)
-        for r, (subject, view, path) in enumerate(table[["subject_id", "ViewPosition", "path"]].itertuples(False)):
+        columns = ["subject_id", "ViewPosition", "path", "dicom_id"]
+        for r, (subject, view, path, dicom) in enumerate(table[columns].itertuples(False)):
             names = {c for c, f in zip(CXR_LT_2023_CLASSES, findings[r], strict=True) if f}
             rng = np.random.default_rng([seed, 2, i, r])
             patient_rng = np.random.default_rng([seed, 3, subject])
-            img = draw_image(names, view, image_size, rng, patient_rng)
+            img, drawn = draw_image_with_boxes(names, view, image_size, rng, patient_rng)
+            boxes += [(split, dicom, path, c, *box) for c, box in drawn.items()]
             (out / path).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(out / path, format="JPEG", quality=95)
         table.to_csv(out / f"{split}.csv", index=False, lineterminator="\n")
+    pd.DataFrame(boxes, columns=list(BOX_COLUMNS)).to_csv(out / BOXES, index=False, lineterminator="\n")
     manifest = {
         "format": "cxr-lt-2023-synthetic",
         "format_version": FORMAT_VERSION,
@@ -188,6 +198,7 @@ def is_complete(out_dir: str | Path, **params: int) -> bool:
         manifest.get("format_version") == FORMAT_VERSION
         and manifest.get("params") == want
         and all((out / f"{s}.csv").is_file() for s in SPLITS)
+        and (out / BOXES).is_file()
     )
 
 

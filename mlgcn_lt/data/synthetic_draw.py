@@ -415,10 +415,41 @@ def _base(sc: Scene) -> np.ndarray:
     return a
 
 
+#: A cue's box covers the pixels where its own contribution reaches this fraction of its peak.
+BOX_LEVEL = 0.25
+#: Box in pixels of the stored image: x (column), y (row) of the top-left corner, width, height.
+Box = tuple[int, int, int, int]
+
+
+def _box(mask: np.ndarray) -> Box | None:
+    """Bounding box (x, y, w, h) of a boolean mask; ``None`` when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def _cue_box(change: np.ndarray) -> Box | None:
+    peak = float(np.abs(change).max(initial=0.0))
+    return _box(np.abs(change) >= BOX_LEVEL * peak) if peak > 0 else None
+
+
 def draw_image(
     findings: set[str], view: str, size: int, rng: Rng, patient_rng: Rng, contrast: float = CUE_CONTRAST
 ) -> np.ndarray:
     """One uint8 (size, size) image of a chest with the visual cues of ``findings`` (class names)."""
+    return draw_image_with_boxes(findings, view, size, rng, patient_rng, contrast)[0]
+
+
+def draw_image_with_boxes(
+    findings: set[str], view: str, size: int, rng: Rng, patient_rng: Rng, contrast: float = CUE_CONTRAST
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """:func:`draw_image` and where each finding's cue was drawn (pixel box per finding that has a local cue).
+
+    Local cues: the box of their own change to the attenuation (``|Δ| >= BOX_LEVEL · max |Δ|``); Cardiomegaly:
+    the enlarged heart's ellipse. Emphysema and Enlarged Cardiomediastinum (diffuse) have no box. Recording boxes
+    draws nothing from ``rng``: the images are the same as without them.
+    """
     an = sample_anatomy(view, patient_rng)
     for name, mod in MODIFIERS.items():
         if name in findings:
@@ -430,9 +461,15 @@ def draw_image(
     u = (c * x + s * y) / scale - shift[0]
     v = (-s * x + c * y) / scale - shift[1]
     sc = Scene(u, v, rng, an)
+    boxes: dict[str, Box] = {}
     for name, cue in CUES.items():
         if name in findings:
+            before = sc.delta.copy()
             cue(sc, contrast * rng.uniform(0.5, 1.3))
+            if (box := _cue_box(sc.delta - before)) is not None:
+                boxes[name] = box
+    if "Cardiomegaly" in findings and (box := _box(_ellipse(u, v, an.heart, 0.015) >= 0.5)) is not None:
+        boxes["Cardiomegaly"] = box
     a = _base(sc)
     hilum = np.exp(-(((np.abs(u) - 0.2) / 0.35) ** 2))
     a += 0.035 * an.markings * sc.gain * _field(rng, size, max(4, size // 6)) * sc.lungs() * (0.5 + hilum)
@@ -440,4 +477,4 @@ def draw_image(
     lo, hi, gamma = rng.uniform(-0.06, 0.06), rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.2)
     img = np.clip(lo + hi * np.clip(a, 0.0, 1.0), 0.0, 1.0) ** gamma
     img = img + rng.normal(0.0, NOISE_SIGMA * (1.25 if view == "AP" else 1.0), img.shape)
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), boxes
