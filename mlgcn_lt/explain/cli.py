@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint of a training run")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     src = p.add_argument_group("images from a table")
-    src.add_argument("--split", choices=["train", "val", "test"], help="a split of the run's data config")
+    src.add_argument("--split", choices=["train", "val", "dev", "test"], help="a split of the run's data config")
     src.add_argument("--config", help="the run's config.yaml (default: two levels above --ckpt)")
     src.add_argument("--csv", help="a split CSV (with --root and --format)")
     src.add_argument("--root", help="folder the CSV's image paths are relative to")
