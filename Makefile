@@ -12,10 +12,14 @@ train: .venv
 test: .venv
 	$(PY) -m ruff check . && $(PY) -m pytest
 
+# everything but the tests marked slow (training through train() / fit); CI runs both
+test-fast: .venv
+	$(PY) -m pytest -m "not slow"
+
 lint: .venv
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 format: .venv
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
-.PHONY: install train test lint format
+.PHONY: install train test test-fast lint format

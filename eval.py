@@ -13,7 +13,7 @@ from dotenv import load_dotenv
 from omegaconf import DictConfig
 
 from mlgcn_lt.config import CONF_DIR, setup_config_system
-from mlgcn_lt.evaluate import evaluate
+from mlgcn_lt.evaluation.evaluate import evaluate
 
 load_dotenv(Path(__file__).resolve().parent / ".env", override=False)
 setup_config_system(CONF_DIR)

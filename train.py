@@ -15,7 +15,7 @@ from dotenv import load_dotenv
 from omegaconf import DictConfig
 
 from mlgcn_lt.config import CONF_DIR, setup_config_system
-from mlgcn_lt.pipeline import train
+from mlgcn_lt.training.train import train
 
 log = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlgcn_lt.bench.loader import write_jpegs
 from mlgcn_lt.bench.step import _Clock, _optimizer, build_module, compose
-from mlgcn_lt.callbacks import ProgressBar
 from mlgcn_lt.config import default_workers
 from mlgcn_lt.data.cache import build_cache
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES, CXR_LT_2023_METADATA
 from mlgcn_lt.data.datamodule import CXRDataModule
 from mlgcn_lt.data.samplers import RandomSampler
+from mlgcn_lt.training.callbacks.progress import ProgressBar
 
 DEV = torch.device("cuda")
 

@@ -25,10 +25,10 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from mlgcn_lt.callbacks import ProgressBar
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
 from mlgcn_lt.data.stats import LabelStats
-from mlgcn_lt.module import MLGCNModule
+from mlgcn_lt.training.callbacks.progress import ProgressBar
+from mlgcn_lt.training.module import MLGCNModule
 
 #: The paper's full model (LSE pooling, attention, RIDE loss); label vectors are random (they do not change the cost).
 DEFAULT_MODEL = ("model/pooling=lse", "model/attention=mha", "model/loss=ride", "model/label_embedding=random")

@@ -14,17 +14,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import importlib
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
 import yaml
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
 
 _PRIMITIVES = (int, float, bool, str)
 #: Parameters the code always passes itself (unless a YAML sets them): kept out of schemas and composed configs.
@@ -44,14 +44,6 @@ _INJECTED = frozenset(
     }
 )
 _META = {"_partial_": bool, "_recursive_": bool, "_convert_": str}
-
-
-def _locate(path: str) -> Callable[..., Any]:
-    module, _, name = path.rpartition(".")
-    obj = importlib.import_module(module)
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @functools.cache
@@ -123,7 +115,7 @@ def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, An
     ``meta`` holds the YAML's instantiation flags (``_partial_``, ``_recursive_``, ``_convert_``).
     """
     meta = meta or {}
-    obj = _locate(target)
+    obj = get_object(target)
     fn = obj.__init__ if inspect.isclass(obj) else obj
     # A class that inherits ``nn.Module.__init__(*args, **kwargs)`` takes no options at all.
     sig = inspect.Signature() if fn is torch.nn.Module.__init__ else inspect.signature(obj)

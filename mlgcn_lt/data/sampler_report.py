@@ -2,7 +2,7 @@
 
 ``python -m mlgcn_lt.data.samplers report --csv train.csv --sampler cycle --draws 512 --repeats 50`` reads labels
 only (images are never opened); ``--labels-npy`` takes an (N, C) 0/1 array, ``--synthetic N`` draws N label rows
-from the synthetic CXR-LT label model (:func:`mlgcn_lt.data.synthetic_labels.sample_labels`).
+from the synthetic CXR-LT label model (:func:`mlgcn_lt.data.synthetic.labels.sample_labels`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mlgcn_lt.config.groups import config_options, option_target
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES, NIH_CXR14_CLASSES
-from mlgcn_lt.data.samplers import SAMPLERS, positive_labels
+from mlgcn_lt.data.samplers import positive_labels
 
 #: Table 5 of the paper (CXR-LT, 512 draws): sampler -> (Support Devices, Pneumoperitoneum, ratio).
 PAPER_TABLE5: dict[str, tuple[float, float, float]] = {"cycle": (200, 21, 9.52), "least_sampled": (168, 43, 3.90)}
@@ -25,11 +26,12 @@ def sampler_label_distribution(
     labels: np.ndarray, sampler: str, draws: int = 512, repeats: int = 50, seed: int = 0, **options
 ) -> np.ndarray:
     """Average positive labels per class (C,) among ``draws`` draws, over ``repeats`` epochs (Table 5)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; known: {sorted(SAMPLERS)}")
+    known = config_options("data/sampler")
+    if sampler not in known:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {known}")
     if draws <= 0 or repeats <= 0:
         raise ValueError(f"draws and repeats must be positive, got {draws} and {repeats}")
-    s = SAMPLERS[sampler](labels, num_samples=draws, seed=seed, num_replicas=1, rank=0, **options)
+    s = option_target("data/sampler", sampler)(labels, num_samples=draws, seed=seed, num_replicas=1, rank=0, **options)
     positive = positive_labels(labels)
     total = np.zeros(positive.shape[1])
     for epoch in range(repeats):
@@ -77,7 +79,7 @@ def _default_classes(c: int) -> list[str]:
 def load_labels(args: argparse.Namespace) -> tuple[np.ndarray, list[str], str]:
     """(labels, class names, description) from ``--csv``, ``--labels-npy`` or ``--synthetic``."""
     if args.synthetic is not None:
-        from mlgcn_lt.data.synthetic_labels import sample_labels
+        from mlgcn_lt.data.synthetic.labels import sample_labels
 
         labels = sample_labels(args.synthetic, np.random.default_rng([args.seed, 1])).astype(np.float32)
         return labels, list(CXR_LT_2023_CLASSES), f"{args.synthetic} synthetic CXR-LT label rows"
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--csv", help="label table (read with the project's readers; images are not opened)")
     src.add_argument("--labels-npy", help="an (N, C) 0/1 label array (.npy)")
     src.add_argument("--synthetic", type=int, metavar="N", help="N label rows of the synthetic CXR-LT label model")
-    rep.add_argument("--sampler", choices=sorted(SAMPLERS), default="cycle")
+    rep.add_argument("--sampler", choices=config_options("data/sampler"), default="cycle")
     rep.add_argument("--draws", type=int, default=512, help="draws per epoch (the paper: 512)")
     rep.add_argument("--repeats", type=int, default=50, help="epochs averaged")
     rep.add_argument("--seed", type=int, default=0)

@@ -339,16 +339,6 @@ class AugmentationSeeds(Sampler[tuple[int, int]]):
             yield index, int((int(base) + rank + pos * world) % (2**63))
 
 
-#: Sampler names of the configs (``conf/data/sampler/<name>.yaml``) and of the report.
-SAMPLERS: dict[str, type[LabelSampler]] = {
-    "random": RandomSampler,
-    "cycle": CycleClassSampler,
-    "class_aware": ClassAwareSampler,
-    "least_sampled": LeastSampledClassSampler,
-    "repeat_factor": RepeatFactorSampler,
-}
-
-
 if __name__ == "__main__":
     from mlgcn_lt.data.sampler_report import main
 

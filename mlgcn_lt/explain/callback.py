@@ -11,7 +11,7 @@ import torch
 
 from mlgcn_lt.explain.cams import METHODS, class_maps
 from mlgcn_lt.explain.overlay import contact_sheet
-from mlgcn_lt.loggers import wandb_loggers
+from mlgcn_lt.training.loggers.factory import wandb_loggers
 
 log = logging.getLogger(__name__)
 

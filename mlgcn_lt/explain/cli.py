@@ -29,12 +29,12 @@ from PIL import Image
 
 from mlgcn_lt.data.images import ImageDecodeError, build_transform, load_grayscale
 from mlgcn_lt.data.tables import ImageTable, TableError, read_table
+from mlgcn_lt.evaluation.predict import CheckpointMismatch, image_size_of, load_checkpoint
 from mlgcn_lt.explain.boxes import BoxError, boxes_by_image, find_boxes, read_boxes
 from mlgcn_lt.explain.cams import METHODS, class_maps
 from mlgcn_lt.explain.overlay import contact_sheet, finding_png
 from mlgcn_lt.explain.pointing import Pointing, point, scale_boxes, summarize, to_table, write_summary
-from mlgcn_lt.inference import CheckpointMismatch, image_size_of, load_checkpoint
-from mlgcn_lt.module import MLGCNModule
+from mlgcn_lt.training.module import MLGCNModule
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def check_checkpoint(path: str | Path) -> None:
 
 
 def load_model(path: str | Path) -> MLGCNModule:
-    """:func:`mlgcn_lt.inference.load_checkpoint` after :func:`check_checkpoint`."""
+    """:func:`mlgcn_lt.evaluation.predict.load_checkpoint` after :func:`check_checkpoint`."""
     check_checkpoint(path)
     return load_checkpoint(path)
 

@@ -6,8 +6,9 @@ Sections: test and best-val mAP per experiment (bars: mean ± std over its runs,
 mAP side by side per experiment, the per-class AP table (``test/per_class_ap``, logged head → tail by the
 ``wandb_per_class`` callback), training curves against the epoch, and the runs table grouped by experiment with the
 sampler / experts / pooling / attention / head / loss choices pinned as columns. What the runs log: the resolved
-config (``mlgcn_lt.loggers.log_config``, nested keys such as ``model.pooling._target_``), ``val/*`` and ``test/*``
-metrics against ``epoch`` (the summary keeps the best ``val/mAP*``), the group = ``experiment_name``.
+config (``mlgcn_lt.training.loggers.factory.log_config``, nested keys such as ``model.pooling._target_``),
+``val/*`` and ``test/*`` metrics against ``epoch`` (the summary keeps the best ``val/mAP*``), the group =
+``experiment_name``.
 ``--dry-run`` prints the spec as JSON and touches no network.
 """
 

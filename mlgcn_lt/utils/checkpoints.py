@@ -53,7 +53,8 @@ def read_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bo
     """Load ``path`` with ``torch.load(weights_only=True)`` on CPU and check it is this project's checkpoint.
 
     ``what`` names the option the path came from in errors (e.g. ``model.init_from``). With ``lightning`` the file
-    must be a Lightning checkpoint of :class:`~mlgcn_lt.module.MLGCNModule` (``state_dict`` + hyper-parameters).
+    must be a Lightning checkpoint of :class:`~mlgcn_lt.training.module.MLGCNModule` (``state_dict`` +
+    hyper-parameters).
     Raises :class:`FileNotFoundError` or :class:`CheckpointError`, each naming the file.
     """
     path = Path(path)
