@@ -177,9 +177,10 @@ def test_degenerate_label_statistics_train_with_warnings(tmp_path, hydra_cleanup
                 "debug=fdr",
                 "data.batch_size=2",
                 "data.val_csv=development.csv",
+                "data.dev_csv=null",
             ],
             tmp_path / "run",
-        )  # val given: a single training image cannot also give a carved validation split
+        )  # val given (a single training image cannot also give a carved one); dev off: one file, one split
         metrics = train(cfg)
         values = [v for k, v in metrics.items() if k.startswith("test/m") and isinstance(v, float)]
         assert all(np.isnan(v) or 0 <= v <= 1 for v in values)

@@ -203,7 +203,7 @@ def test_cli_errors_name_the_bad_input(checkpoint, tmp_path, capsys):
 
 def test_cli_reads_a_split_of_the_runs_own_data_config(checkpoint, synthetic_root, tmp_path):
     out = tmp_path / "out"
-    assert main(["--ckpt", str(checkpoint), "--split", "val", "--limit", "2", "--top-k", "1", "--out", str(out)]) == 0
+    assert main(["--ckpt", str(checkpoint), "--split", "dev", "--limit", "2", "--top-k", "1", "--out", str(out)]) == 0
     val = pd.read_csv(synthetic_root / "development.csv").head(2)
     assert sorted(p.name for p in out.iterdir()) == sorted(val.dicom_id)
-    assert main(["--ckpt", str(checkpoint), "--split", "val", "--config", str(tmp_path / "no.yaml"), "--out", "x"]) == 2
+    assert main(["--ckpt", str(checkpoint), "--split", "dev", "--config", str(tmp_path / "no.yaml"), "--out", "x"]) == 2

@@ -68,7 +68,9 @@ def test_loss_configs_build_mask_unknowns_and_give_finite_gradients(name, stats,
 @pytest.mark.parametrize("name", NEW_LOSSES)
 def test_losses_compose_with_the_ride_diversity_term(name, stats, tmp_path, hydra_cleanup):
     cfg = compose_config(["model/loss=ride", f"model/loss@model.loss.classification={name}"], tmp_path)
-    assert cfg.model.loss.classification.apply_to == "experts"
+    # The diversity term is added to the classification loss as that loss is configured: on the averaged logits by
+    # default (the ablation_ride row changes one thing); per expert only where a row says so (winner_recipe_plus).
+    assert cfg.model.loss.classification.apply_to == "ensemble"
     ride = build_loss(cfg.model.loss, stats)
     experts = torch.randn(3, 4, C, requires_grad=True)
     out = ModelOutput(experts.mean(0), experts)
