@@ -32,6 +32,7 @@ from mlgcn_lt.training.guards import check_config
 from mlgcn_lt.training.loggers.factory import finish_wandb, log_config, log_summary
 from mlgcn_lt.training.module import MLGCNModule
 from mlgcn_lt.training.rundirs import AtomicCheckpointIO, resume_checkpoint
+from mlgcn_lt.training.summary import summary_table
 from mlgcn_lt.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -283,8 +284,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         write_json(out / "metrics.json", metrics)
         scored = {k: v for k, v in metrics.items() if k.startswith(("dev/", "test/")) and k.count("/") == 1}
         log_summary(trainer, {**{f"splits/{k}": v for k, v in metrics["splits"].items()}, **scored})
-        summary = {k: round(v, 4) for k, v in metrics.items() if k.count("/") == 1 and isinstance(v, float)}
-        log.info("metrics: %s", summary)
+        log.info("run finished\n%s", summary_table(metrics, out))
     return metrics
 
 
