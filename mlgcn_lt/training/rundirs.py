@@ -26,6 +26,7 @@ from mlgcn_lt.utils.io import atomic_write
 KEY_FILE = "run_key.txt"
 LOCK_FILE = ".run.lock"
 _HELD: dict[str, IO[str]] = {}  # run dir -> open lock file, kept for the life of the process
+ORPHAN_WAIT_S = 30.0  # how long to wait for a dead run's orphaned loader workers to release its lock
 
 
 def _try_lock(run_dir: Path) -> bool:
@@ -35,16 +36,39 @@ def _try_lock(run_dir: Path) -> bool:
         return True
     run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open on purpose)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        return False
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            # Loader workers forked by a SIGKILLed run inherit its lock and hold it until they notice their parent
+            # is gone (seconds): if the process that took the lock is dead, wait for them rather than treat the
+            # run as live (the same command would otherwise start a new directory instead of resuming).
+            if _owner_alive(f) or time.monotonic() > deadline:
+                f.close()
+                return False
+            time.sleep(0.2)
     f.seek(0)
     f.truncate()
     f.write(f"{os.uname().nodename} {os.getpid()}\n")
     f.flush()
     _HELD[key] = f
+    return True
+
+
+def _owner_alive(f: IO[str]) -> bool:
+    """Whether the process recorded in an open lock file (``<host> <pid>``) is alive (True when unknown)."""
+    f.seek(0)
+    parts = f.read().split()
+    if len(parts) != 2 or parts[0] != os.uname().nodename or not parts[1].isdigit():
+        return True  # another host, or written by something else: assume live
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
 
 
