@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES, CXR_LT_2023_TRAIN_COUNTS
 from mlgcn_lt.data.stats import LabelStats, group_sizes
 from mlgcn_lt.models.gcn import normalize_adjacency
+from mlgcn_lt.utils.checkpoints import CheckpointError, read_checkpoint
 from mlgcn_lt.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,10 @@ def read_release_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The model ``state_dict`` of a release checkpoint (``{'state_dict': ...}``, or a bare state dict); a
     ``module.`` prefix (DataParallel) is removed."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"release checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ReleaseImportError(f"{path}: cannot read as a torch checkpoint: {type(e).__name__}: {e}") from e
+    try:  # the project's one checkpoint reader: names truncated / foreign files, never advises weights_only=False
+        ckpt = read_checkpoint(path, what="release checkpoint", lightning=False)
+    except CheckpointError as e:
+        raise ReleaseImportError(str(e)) from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ReleaseImportError(f"{path}: expected {{'state_dict': {{name: tensor}}}} as the release's engine saves")
