@@ -46,7 +46,6 @@ from mlgcn_lt.data.validate import (
 log = logging.getLogger(__name__)
 
 SamplerFactory = Callable[..., LabelSampler]
-SPLITS = ("train", "val", "test")
 #: Splits only scored after training, with the chosen checkpoint (never for checkpoint choice, early stopping or
 #: thresholds): ``dev`` (``dev_csv``) and ``test`` (``test_csv``). See docs/protocol.md.
 REPORT_SPLITS = ("dev", "test")

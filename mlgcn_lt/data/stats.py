@@ -59,9 +59,6 @@ class LabelStats:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def group_of(self, name: str) -> str:
-        return self.groups[name]
-
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, for hyper-parameters and checkpoints."""
         return {
