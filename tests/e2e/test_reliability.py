@@ -230,6 +230,7 @@ def test_one_class_only(tmp_path, hydra_cleanup):
         ("model.num_experts=0", "model.num_experts=0: at least one expert"),
         ("data.image_size=100", "data.image_size=100 is not a positive multiple of 32.*use e.g. 96 or 128"),
         ("data.batch_size=0", "data.batch_size=0: must be at least 1"),
+        ("data.loader.eval_batch_size=0", "data.loader.eval_batch_size=0: must be at least 1"),
     ],
 )
 def test_impossible_combinations_say_what_to_change(tiny_cfg, override, message):
