@@ -15,11 +15,12 @@ from mlgcn_lt.config.resolvers import CONF_DIR
 
 
 def config_options(group: str, conf_dir: str | Path = CONF_DIR) -> list[str]:
-    """The sorted option names of ``conf/<group>/`` (e.g. ``config_options("data/sampler")``)."""
+    """The sorted option names of ``conf/<group>/`` (e.g. ``config_options("data/sampler")``); files starting with
+    ``_`` (``conf/data/_base.yaml``: what the options share) are not options."""
     folder = Path(conf_dir) / group
     if not folder.is_dir():
         raise FileNotFoundError(f"no config group {group!r}: {folder} is not a directory")
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def option_target(group: str, option: str, conf_dir: str | Path = CONF_DIR) -> Any:

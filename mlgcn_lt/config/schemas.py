@@ -65,7 +65,7 @@ def _field_type(tp: Any) -> Any:
         if len(rest) == 1 and (inner := _field_type(rest[0])) is not Any:
             return Optional[inner] if len(args) > 1 else inner  # noqa: UP045 (OmegaConf needs Optional)
         return Any
-    if tp in _PRIMITIVES:
+    if tp in _PRIMITIVES or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
         return tp
     if tp is Path:
         return str
@@ -82,31 +82,38 @@ def _field_type(tp: Any) -> Any:
 
 @functools.cache
 def _overridable(tp: type) -> type:
-    """A frozen dataclass makes OmegaConf mark its node read-only, so no override could set a field (e.g.
-    ``data.augment.kind=release``): the schema is a mutable copy with the same typed fields and defaults."""
-    if not tp.__dataclass_params__.frozen:  # type: ignore[attr-defined]
-        return tp
+    """The schema of a dataclass-typed parameter (a block such as ``data.augment`` or ``data.bad_images``): a mutable
+    copy (OmegaConf marks a frozen dataclass's node read-only, so no override could set ``data.augment.kind``) whose
+    fields are typed as OmegaConf can check them (``Literal`` choices become enums, tuples lists)."""
     hints = typing.get_type_hints(tp)
-    fields = [
-        (f.name, hints.get(f.name, Any), dataclasses.field(default=f.default, default_factory=f.default_factory))
-        for f in dataclasses.fields(tp)
-    ]
+    fields = []
+    for f in dataclasses.fields(tp):
+        ftype = _field_type(hints.get(f.name, Any))
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default(value, ftype) if value is not dataclasses.MISSING else dataclasses.MISSING
+        fields.append(
+            (f.name, ftype, default if isinstance(default, dataclasses.Field) else dataclasses.field(default=default))
+        )
     return dataclasses.make_dataclass(tp.__name__ + "Schema", fields)
 
 
 def _default(value: Any, ftype: Any) -> Any:
-    if value is inspect.Parameter.empty:
+    if value is inspect.Parameter.empty or value is dataclasses.MISSING:
         return dataclasses.MISSING
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list | dict):
         return dataclasses.field(default_factory=functools.partial(type(value), value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type) and isinstance(ftype, type):
-        values = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        values = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return dataclasses.field(default_factory=functools.partial(ftype, **values))  # the (mutable) schema copy
     if isinstance(ftype, type) and issubclass(ftype, enum.Enum) and value is not None:
         return ftype(value)
     return value
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, Any] | None = None) -> type | None:
@@ -141,6 +148,10 @@ def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, An
                 default if isinstance(default, dataclasses.Field) else dataclasses.field(default=default),
             )
         )
+    # Keys of the config that are not arguments (e.g. ``CXRDataModule.CONFIG_KEYS``: ``data.max_epochs``, read by
+    # the trainer config): typed like the rest, required; the code that instantiates the config leaves them out.
+    for name, tp in getattr(obj, "CONFIG_KEYS", {}).items():
+        fields.append((name, _field_type(tp), dataclasses.field(default=dataclasses.MISSING)))
     cls_name = target.rsplit(".", 1)[-1] + "Schema"
     return dataclasses.make_dataclass(cls_name, fields, kw_only=True)
 

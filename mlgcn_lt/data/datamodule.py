@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from mlgcn_lt.data.cache import CachedImages, StoreIndex, open_cached, store_dir
+from mlgcn_lt.data.config import (
+    BadImagesConfig,
+    ColumnsConfig,
+    GroupSizes,
+    LoaderConfig,
+    SplitConfig,
+    as_block,
+    upgrade_legacy_keys,
+)
 from mlgcn_lt.data.dataset import ImageTableDataset, collate_skipping_bad
 from mlgcn_lt.data.images import AugmentConfig, Resample, build_transform
 from mlgcn_lt.data.leakage import check_split_leakage
 from mlgcn_lt.data.resumable import ResumableLoader
 from mlgcn_lt.data.samplers import AugmentationSeeds, EvalShardSampler, LabelSampler, RandomSampler
 from mlgcn_lt.data.stats import LabelStats
-from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, UncertainPolicy, read_table, split_by_group
+from mlgcn_lt.data.tables import ImageTable, TableError, TableFormat, read_table, split_by_group
 from mlgcn_lt.data.validate import (
     BAD_IMAGES_FILE,
     BadImage,
@@ -34,7 +46,6 @@ from mlgcn_lt.data.validate import (
 log = logging.getLogger(__name__)
 
 SamplerFactory = Callable[..., LabelSampler]
-SPLITS = ("train", "val", "test")
 #: Splits only scored after training, with the chosen checkpoint (never for checkpoint choice, early stopping or
 #: thresholds): ``dev`` (``dev_csv``) and ``test`` (``test_csv``). See docs/protocol.md.
 REPORT_SPLITS = ("dev", "test")
@@ -52,6 +63,12 @@ class CXRDataModule(L.LightningDataModule):
     ``python -m mlgcn_lt.data.preprocess`` (setup fails, naming the command, if any image is missing or stale).
     """
 
+    #: Keys of a data config that are not arguments of the DataModule: other configs read them
+    #: (``conf/trainer/default.yaml``: ``max_epochs: ${data.max_epochs}``, the epoch budget that suits the dataset:
+    #: an epoch of 3k images and one of 260k are different budgets). The schema types them (a typo fails at compose
+    #: time); :func:`build_datamodule` leaves them out.
+    CONFIG_KEYS: ClassVar[dict[str, Any]] = {"max_epochs": int}
+
     def __init__(
         self,
         *,
@@ -65,28 +82,16 @@ class CXRDataModule(L.LightningDataModule):
         resample: Resample = "bilinear",
         cache_dir: str | None = None,
         batch_size: int = 4,
-        eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        prefetch_factor: int | None = 2,
-        classes: Sequence[str] | None = None,
-        uncertain: UncertainPolicy = "error",
-        path_column: str | None = None,
-        label_columns: Sequence[str] | None = None,
-        id_columns: Sequence[str] = (),
-        group_column: str | None = None,
-        image_dir: str = "images",
-        split: Mapping[str, float] | None = None,
-        groups: Mapping[str, int | None] | None = None,
-        augment: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen, immutable)
+        columns: ColumnsConfig = ColumnsConfig(),  # noqa: B008 (frozen, immutable)
+        loader: LoaderConfig = LoaderConfig(),  # noqa: B008
+        bad_images: BadImagesConfig = BadImagesConfig(),  # noqa: B008
+        split: SplitConfig = SplitConfig(),  # noqa: B008
+        groups: GroupSizes = GroupSizes(),  # noqa: B008
+        augment: AugmentConfig = AugmentConfig(),  # noqa: B008
         sampler: SamplerFactory | None = None,
         synthetic: Mapping[str, Any] | None = None,
-        on_bad_image: Literal["error", "skip"] = "error",
-        validate_images: Literal["none", "header", "full"] = "header",
-        report_dir: str | None = None,
         seed: int = 0,
-        max_epochs: int | None = None,
     ) -> None:
         super().__init__()
         self.format = format
@@ -96,56 +101,39 @@ class CXRDataModule(L.LightningDataModule):
         self.resample: Resample = str(resample)  # type: ignore[assignment] (a Hydra enum member pickles badly)
         self.cache_dir = cache_dir
         self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers)
-        self.prefetch_factor = prefetch_factor
-        self.reader_options = self._reader_options(
-            format, classes, uncertain, path_column, label_columns, id_columns, group_column, image_dir
-        )
-        self.split = {"val_fraction": 0.1, "test_fraction": 0.2, **(split or {})}
-        self.group_sizes = {"head": None, "tail": None, **(groups or {})}
-        self.augment = augment if isinstance(augment, AugmentConfig) else AugmentConfig(**augment)
-        self.sampler_factory = sampler or RandomSampler
-        self.synthetic = dict(synthetic) if synthetic else None
+        self.columns = as_block(ColumnsConfig, columns)
+        self.loader = as_block(LoaderConfig, loader)
         #: Unreadable images: ``error`` stops (before training when the setup check finds them), ``skip`` drops them
         #: and lists them in ``<report_dir>/bad_images.csv``; never replaced by a made-up image.
-        self.on_bad_image = str(on_bad_image)
-        self.validate_images = str(validate_images)
-        self.report_dir = Path(report_dir) if report_dir else None
-        self.skipped: list[BadImage] = []
+        self.bad_images = as_block(BadImagesConfig, bad_images)
+        self.split = as_block(SplitConfig, split)
+        self.groups = as_block(GroupSizes, groups)
+        self.augment = as_block(AugmentConfig, augment)
+        self.reader_options = self.columns.reader_options(format)
+        self.sampler_factory = sampler or RandomSampler
+        self.synthetic = dict(synthetic) if synthetic else None
         self.seed = int(seed)
-        #: Epoch budget that suits this dataset's size (the trainer config reads it; an epoch of 3k images and
-        #: one of 260k images are different amounts of training).
-        self.max_epochs = max_epochs
+        self.skipped: list[BadImage] = []
         self.tables: dict[str, ImageTable] = {}
         self.cached: dict[str, CachedImages] = {}
         self.stats: LabelStats | None = None
 
-    @staticmethod
-    def _reader_options(fmt, classes, uncertain, path_column, label_columns, id_columns, group_column, image_dir):
-        if fmt == "cxr_lt":
-            opts: dict[str, Any] = {"uncertain": uncertain}
-            if classes is not None:
-                opts["classes"] = list(classes)
-            return opts
-        if fmt == "nih":
-            opts = {"image_dir": image_dir}
-            if classes is not None:
-                opts["classes"] = list(classes)
-            return opts
-        if fmt == "csv":
-            if not path_column or not label_columns:
-                raise TableError("data=csv needs data.path_column and data.label_columns")
-            return {
-                "path_column": path_column,
-                "label_columns": list(label_columns),
-                "id_columns": list(id_columns),
-                "group_column": group_column,
-                "uncertain": uncertain,
-            }
-        raise TableError(f"unknown data.format {fmt!r}; known: ['csv', 'cxr_lt', 'nih']")
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch size of the val / dev / test loaders (``loader.eval_batch_size``, else ``batch_size``)."""
+        return int(self.loader.eval_batch_size or self.batch_size)
+
+    @property
+    def report_dir(self) -> Path | None:
+        return Path(self.bad_images.report_dir) if self.bad_images.report_dir else None
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.split.seed is None else int(self.split.seed)
+
+    def _fraction(self, split: str) -> float:
+        return float(getattr(self.split, f"{split}_fraction"))
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -181,13 +169,13 @@ class CXRDataModule(L.LightningDataModule):
                 for s, t in self.tables.items()
             }
         train = self.tables["train"]
-        self.stats = LabelStats.from_labels(train.labels, train.classes, **self.group_sizes)
+        self.stats = LabelStats.from_labels(train.labels, train.classes, self.groups.head, self.groups.tail)
         log.info("data, %d classes: %s", len(train.classes), "; ".join(self.describe_splits().values()))
 
     def _check_images(self) -> None:
-        """Open every image once (``validate_images``): stop naming every bad file, or drop them (``skip``)."""
+        """Open every image once (``bad_images.check``): stop naming every bad file, or drop them (``skip``)."""
         bad = {
-            s: find_bad_images(t, self.validate_images, workers=max(self.num_workers, 1))
+            s: find_bad_images(t, self.bad_images.check, workers=max(self.num_workers, 1))
             for s, t in self.tables.items()
         }
         found = [b for items in bad.values() for b in items]
@@ -197,10 +185,10 @@ class CXRDataModule(L.LightningDataModule):
         if report is not None:
             write_bad_images(report, found)
         where = f" (all listed in {report})" if report else ""
-        if self.on_bad_image == "error":
+        if self.bad_images.policy == "error":
             raise BadImagesError(
                 f"{len(found)} image(s) cannot be read{where}:\n{describe(found)}\n"
-                "Fix or remove them, or set data.on_bad_image=skip to train without them."
+                "Fix or remove them, or set data.bad_images.policy=skip to train without them."
             )
         for split, items in bad.items():
             if items:
@@ -209,7 +197,9 @@ class CXRDataModule(L.LightningDataModule):
                 keep = [i for i in range(len(table)) if str(table.image_path(i)) not in drop]
                 self.tables[split] = table.subset(keep)
         self.skipped = found
-        log.warning("data.on_bad_image=skip: dropped %d unreadable image(s)%s:\n%s", len(found), where, describe(found))
+        log.warning(
+            "data.bad_images.policy=skip: dropped %d unreadable image(s)%s:\n%s", len(found), where, describe(found)
+        )
 
     def read_sources(self) -> dict[str, ImageTable]:
         """The tables as read from the configured CSVs (before carving missing splits out of train).
@@ -229,7 +219,7 @@ class CXRDataModule(L.LightningDataModule):
         """The splits carved out of ``train_csv`` by patient: ``val`` without ``val_csv``, ``test`` without
         ``test_csv`` when ``split.test_fraction`` > 0."""
         carved = [] if self.csvs["val"] else ["val"]
-        if not self.csvs["test"] and self.split.get("test_fraction", 0) > 0:
+        if not self.csvs["test"] and self.split.test_fraction > 0:
             carved.append("test")
         return carved
 
@@ -237,10 +227,10 @@ class CXRDataModule(L.LightningDataModule):
         read = self.read_sources()
         missing = self.carved_splits()
         if missing:
-            fractions = [self.split[f"{s}_fraction"] for s in missing]
+            fractions = [self._fraction(s) for s in missing]
             if fractions[0] <= 0:
                 raise TableError(f"data.split.{missing[0]}_fraction must be > 0 when data.{missing[0]}_csv is null")
-            *parts, rest = split_by_group(read["train"], fractions, self.split.get("seed", self.seed))
+            *parts, rest = split_by_group(read["train"], fractions, self.split_seed)
             full = read["train"]
             for s, idx in zip(missing, parts, strict=True):
                 read[s] = full.subset(idx)
@@ -248,7 +238,8 @@ class CXRDataModule(L.LightningDataModule):
             if len(rest) == 0:
                 n_groups = len(set(full.groups().astype(str).tolist()))
                 raise TableError(
-                    f"{full.source}: carving {' and '.join(missing)} out of it (data.split: {self.split}) left no "
+                    f"{full.source}: carving {' and '.join(missing)} out of it "
+                    f"(data.split: {dataclasses.asdict(self.split)}) left no "
                     f"training images ({len(full)} rows, {n_groups} patients); give data.val_csv / data.test_csv "
                     "or lower data.split.*_fraction"
                 )
@@ -279,8 +270,7 @@ class CXRDataModule(L.LightningDataModule):
         out = {}
         for s, t in self.tables.items():
             if s in self.carved_splits():
-                origin = f"carved from {train_csv} by {group} ({self.split[f'{s}_fraction']:g}, seed "
-                origin += f"{self.split.get('seed', self.seed)})"
+                origin = f"carved from {train_csv} by {group} ({self._fraction(s):g}, seed {self.split_seed})"
             elif s == "train" and self.carved_splits():
                 origin = f"{train_csv} minus {' and '.join(self.carved_splits())}"
             else:
@@ -301,14 +291,15 @@ class CXRDataModule(L.LightningDataModule):
     def dataset(self, split: str, *, train_transform: bool | None = None) -> ImageTableDataset:
         self._need_setup()
         augment = self.augment if (train_transform if train_transform is not None else split == "train") else None
-        skip_log = (self.report_dir / BAD_IMAGES_FILE) if self.on_bad_image == "skip" and self.report_dir else None
+        skip = self.bad_images.policy == "skip"
+        skip_log = (self.report_dir / BAD_IMAGES_FILE) if skip and self.report_dir else None
         return ImageTableDataset(
             self.tables[split],
             self.image_size,
             build_transform(augment),
             self.cached.get(split),
             self.resample,
-            on_bad_image=self.on_bad_image,
+            on_bad_image=self.bad_images.policy,
             skip_log=skip_log,
         )
 
@@ -332,9 +323,9 @@ class CXRDataModule(L.LightningDataModule):
             # A private generator: creating an iterator never consumes the global RNG (exact resumption).
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            pin_memory=self.loader.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.loader.persistent_workers and workers > 0,
+            prefetch_factor=self.loader.prefetch_factor if workers > 0 else None,
             drop_last=drop_last,
             collate_fn=collate_skipping_bad,
         )
@@ -364,3 +355,15 @@ class CXRDataModule(L.LightningDataModule):
     def labels(self, split: str) -> np.ndarray:
         self._need_setup()
         return self.tables[split].labels
+
+
+def build_datamodule(data: DictConfig | Mapping[str, Any]) -> CXRDataModule:
+    """Instantiate a ``data`` config (``cfg.data``, or the ``data`` of a run's saved ``config.yaml``).
+
+    The config-only keys (:attr:`CXRDataModule.CONFIG_KEYS`: ``max_epochs``) are left out, and the flat keys of
+    configs saved before the typed blocks (``on_bad_image``, ``path_column``...) are read into their blocks.
+    """
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    args = {k: v for k, v in upgrade_legacy_keys(data).items() if k not in CXRDataModule.CONFIG_KEYS}
+    return instantiate(args)

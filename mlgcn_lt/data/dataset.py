@@ -85,7 +85,7 @@ class ImageTableDataset(Dataset):
     def _record_skip(self, i: int, error: Exception) -> None:
         """Log a skipped image (once per file per process) and append it to ``skip_log`` (one short line: atomic)."""
         path = str(self.table.image_path(i))
-        warnings.warn(f"data.on_bad_image=skip: dropped {path} from its batch: {error}", stacklevel=2)
+        warnings.warn(f"data.bad_images.policy=skip: dropped {path} from its batch: {error}", stacklevel=2)
         if self.skip_log is not None:
             line = f"{self.table.source},{int(self.table.lines[i])},{path},{str(error).replace(',', ';')}\n"
             self.skip_log.parent.mkdir(parents=True, exist_ok=True)
@@ -94,8 +94,8 @@ class ImageTableDataset(Dataset):
 
 
 def collate_skipping_bad(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Default collation of the samples that loaded; images skipped by ``data.on_bad_image=skip`` are ``None``."""
+    """Default collation of the samples that loaded; images skipped by ``data.bad_images.policy=skip`` are ``None``."""
     kept = [b for b in batch if b is not None]
     if not kept:
-        raise RuntimeError("every image of a batch failed to load (data.on_bad_image=skip); see bad_images.csv")
+        raise RuntimeError("every image of a batch failed to load (data.bad_images.policy=skip); see bad_images.csv")
     return default_collate(kept)

@@ -42,7 +42,7 @@ def compose_train(overrides: Sequence[str], config_name: str = "train"):
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             # No run directory here: nothing to report into (``${paths.output_dir}`` needs Hydra's runtime).
-            cfg = compose(config_name=config_name, overrides=[*overrides, "data.report_dir=null"])
+            cfg = compose(config_name=config_name, overrides=[*overrides, "data.bad_images.report_dir=null"])
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -63,14 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    from hydra.utils import instantiate
     from tqdm import tqdm
+
+    from mlgcn_lt.data.datamodule import build_datamodule
 
     data = compose_data(overrides)
     if not data.get("cache_dir"):
         parser.error("set data.cache_dir=DIR (where the resized images go; the same value trains from them)")
     try:
-        dm = instantiate(data)
+        dm = build_datamodule(data)
         dm.prepare_data()  # the synthetic dataset is generated first when the config asks for it
         root, paths = table_paths(dm.read_sources().values())
         print(f"caching {len(paths)} images of {root} at {dm.image_size} px ({dm.resample}) into {dm.cache_dir}")

@@ -32,7 +32,7 @@ class LabelStats:
 
     classes: tuple[str, ...]
     counts: np.ndarray  # (C,) positives per class
-    cooccurrence: np.ndarray  # (C, C) images positive for both i and j; zero diagonal
+    cooccurrence_counts: np.ndarray  # (C, C) raw counts: images positive for both i and j; zero diagonal
     num_images: int
     groups: dict[str, str]  # class -> "head" | "middle" | "tail"
 
@@ -59,25 +59,26 @@ class LabelStats:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def group_of(self, name: str) -> str:
-        return self.groups[name]
-
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, for hyper-parameters and checkpoints."""
         return {
             "classes": list(self.classes),
             "counts": self.counts.tolist(),
-            "cooccurrence": self.cooccurrence.tolist(),
+            "cooccurrence_counts": self.cooccurrence_counts.tolist(),
             "num_images": self.num_images,
             "groups": dict(self.groups),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelStats:
+        """From :meth:`to_dict`'s form; files and checkpoints written before the rename hold ``cooccurrence``."""
+        key = next((k for k in ("cooccurrence_counts", "cooccurrence") if k in d), None)
+        if key is None:
+            raise KeyError(f"label statistics without 'cooccurrence_counts' (keys: {sorted(d)})")
         return cls(
             classes=tuple(d["classes"]),
             counts=np.asarray(d["counts"], dtype=np.int64),
-            cooccurrence=np.asarray(d["cooccurrence"], dtype=np.int64),
+            cooccurrence_counts=np.asarray(d[key], dtype=np.int64),
             num_images=int(d["num_images"]),
             groups=dict(d["groups"]),
         )

@@ -172,7 +172,7 @@ def parse_labels(
             rows = np.flatnonzero(bad)
             shown = ", ".join(f"line {r + 2}: {df[col].iloc[r]!r}" for r in rows[:5])
             more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-            hint = " (set data.uncertain=ignore|zero|one to map -1)" if (values[rows] == -1).any() else ""
+            hint = " (set data.columns.uncertain=ignore|zero|one to map -1)" if (values[rows] == -1).any() else ""
             raise TableError(f"{source}: column {col!r} must hold 1, 0 or blank; found {shown}{more}{hint}")
         out[:, j] = np.where(blank.to_numpy(), np.nan, values)
     return out
@@ -263,7 +263,7 @@ def read_cxr_lt(
             if missing or extra:
                 raise TableError(
                     f"{source}: label columns after {path_column!r} do not match the expected classes; "
-                    f"missing {missing}, unexpected {extra} (set data.classes to the table's class list)"
+                    f"missing {missing}, unexpected {extra} (set data.columns.classes to the table's class list)"
                 )
             if header_classes != want:
                 log.warning("%s: label columns are in a non-official order; mapped by name", source)
@@ -307,7 +307,7 @@ def read_nih(
             raise TableError(f"{source}: missing NIH column {col!r} (have {list(df.columns)})")
     if not labelled:
         if classes is None:
-            raise TableError(f"{source}: no 'Finding Labels' column and no data.classes to name the classes")
+            raise TableError(f"{source}: no 'Finding Labels' column and no data.columns.classes to name the classes")
         df = df.assign(_path=[f"{image_dir}/{p.strip()}" if image_dir else p.strip() for p in df["Image Index"]])
         return _make_table(
             df,
@@ -373,9 +373,9 @@ def read_csv_table(
     if missing:
         raise TableError(f"{source}: missing column(s) {missing} named in the data config (have {list(df.columns)})")
     if len(set(label_columns)) != len(label_columns):
-        raise TableError(f"{source}: data.label_columns lists a class twice: {list(label_columns)}")
+        raise TableError(f"{source}: data.columns.label_columns lists a class twice: {list(label_columns)}")
     if not label_columns:
-        raise TableError(f"{source}: data.label_columns is empty")
+        raise TableError(f"{source}: data.columns.label_columns is empty")
     labels = parse_labels(df, label_columns, source, uncertain) if labelled else _unlabelled(len(df), label_columns)
     group_column = group_column if group_column in df.columns else None
     meta = list(dict.fromkeys([*id_columns, *([group_column] if group_column else [])]))

@@ -153,15 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: a new folder <paths.log_dir>/validate/<date>_<time>/, never the current directory)",
     )
     args = parser.parse_args(argv)
-    from hydra.utils import instantiate
-
+    from mlgcn_lt.data.datamodule import build_datamodule
     from mlgcn_lt.data.preprocess import compose_train
 
-    cfg = compose_train([*args.overrides, "data.validate_images=none"])
+    cfg = compose_train([*args.overrides, "data.bad_images.check=none"])
     out = args.out if args.out is not None else default_out(cfg.paths.log_dir)
     if out.is_dir():
         out = out / BAD_IMAGES_FILE
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
     check_root(datamodule.root, len(datamodule.tables["train"]))  # also when data.cache_dir is set

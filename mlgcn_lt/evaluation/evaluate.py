@@ -16,7 +16,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mlgcn_lt.data.datamodule import REPORT_SPLITS, CXRDataModule
+from mlgcn_lt.data.datamodule import REPORT_SPLITS, CXRDataModule, build_datamodule
 from mlgcn_lt.data.tables import ImageTable
 from mlgcn_lt.evaluation.metrics import compute_metrics
 from mlgcn_lt.evaluation.outputs import predictions_frame, write_csv, write_split_outputs
@@ -59,7 +59,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt = Path(cfg.ckpt_path)
     read_checkpoint(ckpt, what="ckpt_path")  # a bad checkpoint is named before any data is read
-    datamodule: CXRDataModule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     if split not in datamodule.tables:

@@ -92,10 +92,10 @@ def items_from_table(table: ImageTable, classes: Sequence[str]) -> list[Item]:
 
 def table_for_split(split: str, ckpt: Path, config: str | None) -> ImageTable:
     """Split ``split`` of the data config of the run the checkpoint belongs to (``config.yaml``)."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from mlgcn_lt.config import setup_config_system
+    from mlgcn_lt.data.datamodule import build_datamodule
 
     cfg_path = Path(config) if config else ckpt.resolve().parent.parent / "config.yaml"
     if not cfg_path.is_file():
@@ -104,7 +104,7 @@ def table_for_split(split: str, ckpt: Path, config: str | None) -> ImageTable:
     cfg = OmegaConf.load(cfg_path)
     if "data" not in cfg:
         raise ValueError(f"{cfg_path}: no 'data' section (expected a training run's config.yaml)")
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     if split not in datamodule.tables:

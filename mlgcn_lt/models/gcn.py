@@ -35,7 +35,8 @@ def build_adjacency(
     reweight: float = 0.25,
     form: AdjacencyForm = "paper",
 ) -> torch.Tensor:
-    """Re-weighted (C, C) ML-GCN correlation matrix, before normalisation (see module docstring).
+    """Re-weighted (C, C) ML-GCN correlation matrix, before normalisation (see module docstring), from the raw
+    co-occurrence counts M (``cooccurrence``, (C, C)) and the positives per class N (``counts``, (C,)).
 
     Classes without positives or without edges get only their self loop; nothing divides by zero.
     """
@@ -47,8 +48,8 @@ def build_adjacency(
     if not 0.0 <= reweight <= 1.0:
         raise ValueError(f"adjacency re-weighting p must be in [0, 1], got {reweight}")
     co.fill_diagonal_(0.0)
-    cond = torch.where(n[:, None] > 0, co / n.clamp(min=1.0)[:, None], torch.zeros_like(co))  # P(j | i) in row i
-    binary = (cond >= threshold).double()
+    conditional = torch.where(n[:, None] > 0, co / n.clamp(min=1.0)[:, None], torch.zeros_like(co))  # P(j | i), row i
+    binary = (conditional >= threshold).double()
     binary.fill_diagonal_(0.0)
     eye = torch.eye(c, dtype=torch.float64)
     if form == "paper":

@@ -2,7 +2,7 @@
 
 The paper trains GloVe (Pennington et al. 2014) on "sentences" made of each image's positive labels. With a
 sentence-wide window the co-occurrence count X_ij is the number of images positive for both i and j, i.e.
-``stats.cooccurrence``; the release keeps the diagonal X_ii = positives of class i (``diagonal="counts"``).
+``stats.cooccurrence_counts``; the release keeps the diagonal X_ii = positives of class i (``diagonal="counts"``).
 GloVe's weighted least squares is then fitted full-batch on the tiny C x C matrix (float64 numpy, deterministic for
 a seed) and the vectors w + w̃ are returned. Results are cached on disk by a hash of the statistics and options.
 """
@@ -50,9 +50,9 @@ class GloVeFit:
         return self.w @ self.w_tilde.T + self.b[:, None] + self.b_tilde[None, :]
 
 
-def cooccurrence_matrix(stats: LabelStats, diagonal: Literal["counts", "zero"] = "counts") -> np.ndarray:
-    """The label-sentence co-occurrence X (Section 3.1): off-diagonal = images positive for both, diagonal by option."""
-    x = np.array(stats.cooccurrence, dtype=np.float64, copy=True).reshape(stats.num_classes, stats.num_classes)
+def glove_counts(stats: LabelStats, diagonal: Literal["counts", "zero"] = "counts") -> np.ndarray:
+    """GloVe's raw co-occurrence counts X (Section 3.1): off-diagonal = images positive for both, diagonal by option."""
+    x = np.array(stats.cooccurrence_counts, dtype=np.float64, copy=True).reshape(stats.num_classes, stats.num_classes)
     counts = np.asarray(stats.counts, dtype=np.float64).reshape(stats.num_classes)
     if not (np.isfinite(x).all() and (x >= 0).all() and np.isfinite(counts).all() and (counts >= 0).all()):
         raise ValueError("label co-occurrence and counts must be finite and non-negative")
@@ -160,7 +160,7 @@ class GloVeEmbedding:
         h = hashlib.sha256()
         meta = {"version": _CACHE_VERSION, "classes": list(stats.classes), "hp": self.hyperparameters()}
         h.update(json.dumps(meta, sort_keys=True).encode())
-        for a in (stats.counts, stats.cooccurrence):
+        for a in (stats.counts, stats.cooccurrence_counts):
             a = np.ascontiguousarray(a, dtype=np.float64)
             h.update(repr(a.shape).encode())
             h.update(a.tobytes())
@@ -170,7 +170,7 @@ class GloVeEmbedding:
         return None if self.cache_dir is None else self.cache_dir / f"glove_{self.cache_key(stats)}.npy"
 
     def __call__(self, stats: LabelStats) -> np.ndarray:
-        x = cooccurrence_matrix(stats, self.diagonal)
+        x = glove_counts(stats, self.diagonal)
         empty = [name for i, name in enumerate(stats.classes) if not (x[i].any() or x[:, i].any())]
         if empty:
             log.warning(

@@ -47,7 +47,7 @@ class GCNHead(nn.Module):
     ) -> None:
         super().__init__()
         adjacency = normalize_adjacency(
-            build_adjacency(stats.cooccurrence, stats.counts, threshold, reweight, form),
+            build_adjacency(stats.cooccurrence_counts, stats.counts, threshold, reweight, form),
             transpose=(form == "release"),
         )
         self.pooling = pooling

@@ -212,10 +212,11 @@ def plot_label_distribution(
     return _save(fig, path)
 
 
-def cooccurrence_matrix(stats: StatsLike) -> tuple[np.ndarray, list[str], list[str]]:
-    """Column-normalised co-occurrence, head → tail: entry (i, j) = co(i, j) / count(j); NaN on the diagonal."""
+def conditional_cooccurrence(stats: StatsLike) -> tuple[np.ndarray, list[str], list[str]]:
+    """Co-occurrence normalised by column, head → tail: entry (i, j) = co(i, j) / count(j) = P(i | j); NaN on the
+    diagonal."""
     s, order, names, groups = _ordered(stats)
-    co = np.asarray(s.cooccurrence, dtype=float)[np.ix_(order, order)]
+    co = np.asarray(s.cooccurrence_counts, dtype=float)[np.ix_(order, order)]
     counts = np.asarray(s.counts, dtype=float)[order]
     with np.errstate(invalid="ignore", divide="ignore"):
         m = np.where(counts[None, :] > 0, co / counts[None, :], np.nan)
@@ -224,8 +225,8 @@ def cooccurrence_matrix(stats: StatsLike) -> tuple[np.ndarray, list[str], list[s
 
 
 def plot_cooccurrence(stats: StatsLike, *, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Heatmap of :func:`cooccurrence_matrix` with a colour bar (the paper's Figure 2b)."""
-    m, names, groups = cooccurrence_matrix(stats)
+    """Heatmap of :func:`conditional_cooccurrence` with a colour bar (the paper's Figure 2b)."""
+    m, names, groups = conditional_cooccurrence(stats)
     side = max(7.0, 2.5 + 0.28 * len(names))
     fig = Figure(figsize=(side + 1.5, side))
     ax = fig.add_subplot()

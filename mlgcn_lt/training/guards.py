@@ -27,8 +27,8 @@ def check_config(cfg: DictConfig) -> None:
             f"data.image_size={size} is not a positive multiple of {BACKBONE_STRIDE}, the total stride of the "
             f"backbones: use e.g. {lower} or {lower + BACKBONE_STRIDE}"
         )
-    for key in ("batch_size", "eval_batch_size"):
-        value = data.get(key)
+    batch_sizes = {"batch_size": data.get("batch_size"), "loader.eval_batch_size": _get(data, "loader.eval_batch_size")}
+    for key, value in batch_sizes.items():
         if value is not None and int(value) < 1:
             problems.append(f"data.{key}={value}: must be at least 1")
     trainer = cfg.get("trainer", {})

@@ -21,7 +21,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mlgcn_lt.data.datamodule import CXRDataModule
+from mlgcn_lt.data.datamodule import CXRDataModule, build_datamodule
 from mlgcn_lt.data.tables import ImageTable
 from mlgcn_lt.evaluation.outputs import predictions_frame, write_csv, write_split_outputs
 from mlgcn_lt.evaluation.submit import SubmissionError, save_submission
@@ -63,7 +63,7 @@ def data_info(datamodule: CXRDataModule) -> dict[str, Any]:
 
 def build(cfg: DictConfig) -> tuple[CXRDataModule, MLGCNModule, L.Trainer]:
     """Datamodule (set up: statistics known), model built from them, and trainer with callbacks and loggers."""
-    datamodule: CXRDataModule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = instantiate(cfg.model, stats=datamodule.stats.to_dict(), data_info=data_info(datamodule))

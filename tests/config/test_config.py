@@ -10,6 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from helpers import compose_config
 from mlgcn_lt.config import CONF_DIR
+from mlgcn_lt.config.groups import config_options
 
 GROUPS = [
     "data",
@@ -30,7 +31,7 @@ GROUPS = [
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return config_options(group)
 
 
 @pytest.mark.parametrize("group", GROUPS)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
 
 from helpers import NIH_SAMPLE, make_datamodule, write_cxr_lt_dir
+from mlgcn_lt.data.datamodule import build_datamodule
 from mlgcn_lt.data.leakage import LeakageError, check_split_leakage
 from mlgcn_lt.data.preprocess import compose_data
 from mlgcn_lt.data.tables import read_cxr_lt
@@ -63,7 +63,7 @@ def test_carved_splits_and_disjoint_given_files_pass(root, caplog):
 @pytest.mark.skipif(not NIH_SAMPLE.is_dir(), reason="../shared/data/nih_cxr14_sample is absent (a user's clone)")
 def test_real_nih_sample_has_no_leakage(caplog):
     with caplog.at_level(logging.WARNING, logger="mlgcn_lt.data.leakage"):
-        dm = instantiate(compose_data(["data=nih_cxr14_sample", "data.validate_images=none"]))
+        dm = build_datamodule(compose_data(["data=nih_cxr14_sample", "data.bad_images.check=none"]))
         dm.setup()
     assert not caplog.text and sum(len(t) for t in dm.tables.values()) > 1000
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from helpers import TINY_OVERRIDES, compose_config, cxr_lt_frame, make_datamodule, write_cxr_lt_dir, write_image
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
+from mlgcn_lt.data.config import BadImagesConfig
 from mlgcn_lt.data.images import ImageDecodeError, load_grayscale
 from mlgcn_lt.data.samplers import LeastSampledClassSampler
 from mlgcn_lt.data.tables import TableError
@@ -62,9 +63,9 @@ def spoiled(tmp_path) -> tuple[Path, list[Path]]:
 def test_error_policy_stops_at_setup_naming_every_bad_file(spoiled, tmp_path):
     root, bad = spoiled
     with pytest.raises(BadImagesError) as e:
-        _dm(root, report_dir=str(tmp_path / "run")).setup()
+        _dm(root, bad_images={"report_dir": str(tmp_path / "run")}).setup()
     message = str(e.value)
-    assert "3 image(s) cannot be read" in message and "data.on_bad_image=skip" in message
+    assert "3 image(s) cannot be read" in message and "data.bad_images.policy=skip" in message
     for path in bad:
         assert str(path) in message
     listed = pd.read_csv(tmp_path / "run" / "bad_images.csv")
@@ -73,7 +74,7 @@ def test_error_policy_stops_at_setup_naming_every_bad_file(spoiled, tmp_path):
 
 def test_skip_policy_drops_them_lists_them_and_never_substitutes(spoiled, tmp_path):
     root, bad = spoiled
-    dm = _dm(root, on_bad_image="skip", report_dir=str(tmp_path / "run"))
+    dm = _dm(root, bad_images={"policy": "skip", "report_dir": str(tmp_path / "run")})
     dm.setup()
     assert [len(dm.tables[s]) for s in ("train", "val", "test")] == [38, 16, 15]
     kept = {str(dm.tables["train"].image_path(i)) for i in range(38)}
@@ -86,11 +87,11 @@ def test_truncated_image_found_while_training_is_skipped_or_named(tmp_path):
     root = write_cxr_lt_dir(tmp_path / "ds", {"train": 8, "development": 4, "test": 4})
     bad = _spoil(root, "development", 1, "truncated")  # the header reads fine: only decoding finds it
     assert check_image(str(bad), "header") is None and check_image(str(bad), "full") is not None
-    dm = _dm(root, report_dir=str(tmp_path / "run"))
+    dm = _dm(root, bad_images={"report_dir": str(tmp_path / "run")})
     dm.setup()
     with pytest.raises(ImageDecodeError, match=str(bad)):
         next(iter(dm.val_dataloader()))
-    dm = _dm(root, on_bad_image="skip", report_dir=str(tmp_path / "run"))
+    dm = _dm(root, bad_images=BadImagesConfig(policy="skip", report_dir=str(tmp_path / "run")))
     dm.setup()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -206,9 +207,9 @@ def test_one_class_only(tmp_path, hydra_cleanup):
             "data=csv",
             f"data.root={root}",
             "data.train_csv=labels.csv",
-            "data.path_column=file",
-            "data.label_columns=[Edema]",
-            "data.group_column=pid",
+            "data.columns.path_column=file",
+            "data.columns.label_columns=[Edema]",
+            "data.columns.group_column=pid",
             *TINY_OVERRIDES,
             "debug=fdr",
             "data.batch_size=2",
@@ -229,6 +230,7 @@ def test_one_class_only(tmp_path, hydra_cleanup):
         ("model.num_experts=0", "model.num_experts=0: at least one expert"),
         ("data.image_size=100", "data.image_size=100 is not a positive multiple of 32.*use e.g. 96 or 128"),
         ("data.batch_size=0", "data.batch_size=0: must be at least 1"),
+        ("data.loader.eval_batch_size=0", "data.loader.eval_batch_size=0: must be at least 1"),
     ],
 )
 def test_impossible_combinations_say_what_to_change(tiny_cfg, override, message):

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 import mlgcn_lt.models.glove as glove
 from helpers import compose_config
 from mlgcn_lt.data.stats import LabelStats
-from mlgcn_lt.models.glove import GloVeEmbedding, cooccurrence_matrix, fit_glove
+from mlgcn_lt.models.glove import GloVeEmbedding, fit_glove, glove_counts
 
 CXR_STATS = Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr_lt_2023_stats"
 
@@ -55,7 +55,7 @@ def fit_quality(stats: LabelStats) -> tuple[float, float, np.ndarray]:
     """Correlations with log X_ij over pairs i≠j with X_ij > 0: of w_i·w̃_j + b_i + b̃_j, and of E·Eᵀ."""
     emb = GloVeEmbedding()
     vectors = emb(stats).astype(np.float64)
-    x = cooccurrence_matrix(stats, "counts")
+    x = glove_counts(stats, "counts")
     pairs = (x > 0) & ~np.eye(stats.num_classes, dtype=bool)
     assert emb.last_fit is not None and pairs.sum() >= 10
     r_model = corr(emb.last_fit.predicted_log_counts()[pairs], np.log(x[pairs]))
@@ -95,7 +95,7 @@ def test_fit_converges_fast_on_real_cxr_lt_and_matches_released_vectors():
 
 
 def test_loss_decreases_and_adagrad_also_fits():
-    x = cooccurrence_matrix(synthetic_stats(8), "counts")
+    x = glove_counts(synthetic_stats(8), "counts")
     start = fit_glove(x, dim=32, iterations=0).loss
     for optimizer in ("adam", "adagrad"):
         fit = fit_glove(x, dim=32, iterations=500, optimizer=optimizer)
@@ -131,12 +131,12 @@ def test_cache_key_depends_on_statistics_and_hyperparameters():
     stats = synthetic_stats(6, n=500)
     key = GloVeEmbedding().cache_key(stats)
     assert key == GloVeEmbedding(cache_dir="/elsewhere").cache_key(stats)
-    co = stats.cooccurrence.copy()
+    co = stats.cooccurrence_counts.copy()
     co[0, 1] += 1
     changed = [
-        LabelStats(stats.classes, stats.counts + 1, stats.cooccurrence, stats.num_images, stats.groups),
+        LabelStats(stats.classes, stats.counts + 1, stats.cooccurrence_counts, stats.num_images, stats.groups),
         LabelStats(stats.classes, stats.counts, co, stats.num_images, stats.groups),
-        LabelStats(("x", *stats.classes[1:]), stats.counts, stats.cooccurrence, stats.num_images, stats.groups),
+        LabelStats(("x", *stats.classes[1:]), stats.counts, stats.cooccurrence_counts, stats.num_images, stats.groups),
     ]
     keys = {GloVeEmbedding().cache_key(s) for s in changed}
     options = [{"dim": 64}, {"x_max": 50.0}, {"alpha": 0.5}, {"iterations": 10}, {"lr": 0.01}, {"seed": 1}]

@@ -176,11 +176,11 @@ def test_label_distribution_and_cooccurrence(tmp_path: Path):
     assert title.startswith("Training label distribution\n200 images, 6 classes")
     _, title = read_png(plots.plot_cooccurrence(STATS, path=tmp_path / "co.png"))
     assert title.startswith("Label co-occurrence, column-normalised: co(i, j) / count(j)")
-    m, names, groups = plots.cooccurrence_matrix(STATS)
+    m, names, groups = plots.conditional_cooccurrence(STATS)
     order = plots.class_order(STATS)
     assert names[0] == "Support Devices" and groups[0] == "head" and groups[-1] == "tail"
     i, j = order[1], order[0]
-    assert m[1, 0] == pytest.approx(STATS.cooccurrence[i, j] / STATS.counts[j])
+    assert m[1, 0] == pytest.approx(STATS.cooccurrence_counts[i, j] / STATS.counts[j])
     assert np.isnan(np.diag(m)).all()
 
 
