@@ -18,10 +18,12 @@ from helpers import (
     REPO_OUTPUTS,
     TINY_OVERRIDES,
     compose_config,
+    toy_stats,
     train_stage1,
     write_cxr_lt_dir,
 )
 from mlgcn_lt.config import CONF_DIR, setup_config_system
+from mlgcn_lt.data.stats import LabelStats
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -54,6 +56,12 @@ def no_runs_in_repository_outputs() -> Iterator[None]:
 def tiny_cxr_lt(tmp_path_factory) -> Path:
     """A tiny CXR-LT-format dataset shared by the tests that only read it."""
     return write_cxr_lt_dir(tmp_path_factory.mktemp("tiny_cxr_lt"))
+
+
+@pytest.fixture(scope="module")
+def stats(request: pytest.FixtureRequest) -> LabelStats:
+    """Toy training-label statistics (:func:`helpers.toy_stats`) with the test module's ``C`` classes (default 6)."""
+    return toy_stats(getattr(request.module, "C", 6))
 
 
 @pytest.fixture

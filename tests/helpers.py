@@ -16,6 +16,7 @@ from PIL import Image
 
 from mlgcn_lt.config import CONF_DIR, PROJECT_ROOT
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES, CXR_LT_2023_METADATA
+from mlgcn_lt.data.stats import LabelStats
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
@@ -24,6 +25,15 @@ REPO_OUTPUTS = PROJECT_ROOT / "outputs"
 
 
 NIH_SAMPLE = SHARED_DATA / "nih_cxr14_sample"
+
+
+def toy_stats(num_classes: int, n: int = 120, seed: int = 0) -> LabelStats:
+    """Training-label statistics of ``n`` random rows over classes ``c0..c{C-1}``: positive rates falling from 0.5
+    (head) to 0.05 (tail), and every class positive at least once."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, num_classes)) < np.linspace(0.5, 0.05, num_classes)).astype(np.float32)
+    labels[:num_classes] = np.maximum(labels[:num_classes], np.eye(num_classes, dtype=np.float32))
+    return LabelStats.from_labels(labels, [f"c{i}" for i in range(num_classes)])
 
 
 def write_image(path: Path, size: tuple[int, int] = (40, 48), mode: str = "L", seed: int = 0, fmt: str | None = None):
@@ -158,6 +168,7 @@ __all__ = [
     "compose_config",
     "cxr_lt_frame",
     "make_datamodule",
+    "toy_stats",
     "train_stage1",
     "write_cxr_lt_dir",
     "write_image",

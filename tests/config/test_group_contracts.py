@@ -4,7 +4,6 @@ same way in ``tests/data/test_samplers.py``)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,14 +15,6 @@ from mlgcn_lt.losses import build_loss
 from mlgcn_lt.models.experts import ModelOutput
 
 B, C, E, D = 4, 6, 2, 16
-
-
-@pytest.fixture(scope="module")
-def stats() -> LabelStats:
-    rng = np.random.default_rng(0)
-    labels = (rng.random((80, C)) < np.linspace(0.5, 0.05, C)).astype(np.float32)
-    labels[:C] = np.eye(C)  # every class has a positive
-    return LabelStats.from_labels(labels, [f"c{i}" for i in range(C)])
 
 
 def _targets() -> torch.Tensor:

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.losses.classification import BCELoss, SoftMarginLoss
 from mlgcn_lt.losses.ride import RIDELoss, diversity_loss
 from mlgcn_lt.models.attention import (
@@ -21,6 +20,8 @@ from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
 from mlgcn_lt.models.heads import GCNHead
 from mlgcn_lt.models.label_embeddings import RandomEmbedding
 from mlgcn_lt.models.pooling import LSEPool, MaxPool
+
+C = 5  # classes of the `stats` fixture (tests/conftest.py)
 
 # ------------------------------------------------------------------ LSE pooling (Eq. 5)
 
@@ -216,12 +217,6 @@ def test_soft_margin_matches_torch_without_unknowns_and_masks_them():
 
 
 # ------------------------------------------------------------------ experts: the release's narrow stage
-
-
-@pytest.fixture(scope="module")
-def stats() -> LabelStats:
-    labels = (np.random.default_rng(0).random((100, 5)) < 0.3).astype(np.float32)
-    return LabelStats.from_labels(labels, list("abcde"))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

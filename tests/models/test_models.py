@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.models.backbones import IMAGENET_MEAN, IMAGENET_STD, InputNormalizer, build_backbone
 from mlgcn_lt.models.experts import MultiExpertNet
 from mlgcn_lt.models.heads import GCNHead
@@ -14,13 +13,6 @@ from mlgcn_lt.models.label_embeddings import FileEmbedding, OneHotEmbedding, Ran
 from mlgcn_lt.models.pooling import AvgPool, MaxPool
 
 C = 6
-
-
-@pytest.fixture(scope="module")
-def stats() -> LabelStats:
-    rng = np.random.default_rng(0)
-    labels = (rng.random((200, C)) < np.linspace(0.6, 0.05, C)).astype(np.float32)
-    return LabelStats.from_labels(labels, [f"c{i}" for i in range(C)])
 
 
 @pytest.mark.parametrize(

@@ -31,14 +31,6 @@ from mlgcn_lt.training.module import MLGCNModule
 C = 7  # not divisible by 2, 3 or 4 groups
 
 
-@pytest.fixture(scope="module")
-def stats() -> LabelStats:
-    rng = np.random.default_rng(0)
-    labels = (rng.random((120, C)) < np.linspace(0.5, 0.04, C)).astype(np.float32)
-    labels[:C, :] = np.eye(C)  # every class has a positive
-    return LabelStats.from_labels(labels, [f"c{i}" for i in range(C)])
-
-
 def _targets(b: int = 4, seed: int = 0) -> torch.Tensor:
     t = (torch.rand(b, C, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
     t[0, 0], t[1, 3] = float("nan"), float("nan")
