@@ -3,11 +3,13 @@ configs. Fixtures live in ``conftest.py``; ``tests/`` is on ``sys.path`` through
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -122,6 +124,20 @@ TINY_OVERRIDES = [
 ]
 
 
+def write_run(path: Path, experiment: str, seed: int, metrics: dict | None, stats: LabelStats, log: str = "") -> Path:
+    """A run dir as train.py writes it: config.yaml, .hydra/overrides.yaml, label_stats.json, metrics.json."""
+    (path / ".hydra").mkdir(parents=True)
+    config = {"experiment_name": experiment, "seed": seed, "task_name": "train", "paths": {"output_dir": str(path)}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"+experiment={experiment}", f"seed={seed}"]))
+    (path / "label_stats.json").write_text(json.dumps(stats.to_dict()))
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    if log:
+        (path / "train.log").write_text(log)
+    return path
+
+
 def compose_config(overrides: Sequence[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     """Compose the real configs as ``python train.py <overrides>`` would, with the run directory at ``output_dir``."""
     GlobalHydra.instance().clear()
@@ -172,4 +188,5 @@ __all__ = [
     "train_stage1",
     "write_cxr_lt_dir",
     "write_image",
+    "write_run",
 ]

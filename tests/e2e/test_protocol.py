@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import TINY_OVERRIDES, compose_config, make_datamodule, write_cxr_lt_dir
+from helpers import TINY_OVERRIDES, compose_config, make_datamodule, toy_stats, write_cxr_lt_dir, write_run
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
 from mlgcn_lt.data.tables import TableError, read_table
 
@@ -141,8 +141,6 @@ def test_unlabelled_test_split_gets_predictions_and_a_submission_only(tmp_path, 
 
 
 def _protocol_run(path: Path, experiment: str, seed: int, dev: float, test: float | None) -> None:
-    from test_report import write_run
-
     splits = {
         "val": "val: 6 images, carved from train.csv by subject_id (0.15, seed 0), checkpoint choice",
         "dev": "dev: 16 images, development.csv, report only",
@@ -151,7 +149,7 @@ def _protocol_run(path: Path, experiment: str, seed: int, dev: float, test: floa
     metrics = {"val/mAP": 0.5, "dev/mAP": dev, "best_epoch": 1, "wall_time_s": 60, "splits": splits}
     if test is not None:
         metrics["test/mAP"] = test
-    write_run(path, experiment, seed, metrics)
+    write_run(path, experiment, seed, metrics, toy_stats(6))
 
 
 def test_report_names_the_split_of_each_number(tmp_path, capsys):

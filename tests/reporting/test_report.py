@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from helpers import write_run as _write_run
 from mlgcn_lt.config import PROJECT_ROOT
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.reporting import plots
@@ -39,17 +39,7 @@ def fake_metrics(m: float) -> dict:
 
 
 def write_run(path: Path, experiment: str, seed: int, metrics: dict | None, log: str = "") -> Path:
-    """A run dir as train.py writes it: config.yaml, .hydra/overrides.yaml, label_stats.json, metrics.json."""
-    (path / ".hydra").mkdir(parents=True)
-    config = {"experiment_name": experiment, "seed": seed, "task_name": "train", "paths": {"output_dir": str(path)}}
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
-    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"+experiment={experiment}", f"seed={seed}"]))
-    (path / "label_stats.json").write_text(json.dumps(STATS.to_dict()))
-    if metrics is not None:
-        (path / "metrics.json").write_text(json.dumps(metrics))
-    if log:
-        (path / "train.log").write_text(log)
-    return path
+    return _write_run(path, experiment, seed, metrics, STATS, log)
 
 
 @pytest.fixture
