@@ -44,6 +44,11 @@ _INJECTED = frozenset(
     }
 )
 _META = {"_partial_": bool, "_recursive_": bool, "_convert_": str}
+#: Keys a config group adds beside its target's parameters: (type, default). The code that instantiates the group
+#: reads and removes them first (``model.scheduler.interval``: when Lightning steps the learning-rate scheduler).
+GROUP_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "model/scheduler": {"interval": (Literal["epoch", "step"], "epoch")},
+}
 
 
 @functools.cache
@@ -109,10 +114,16 @@ def _default(value: Any, ftype: Any) -> Any:
     return value
 
 
-def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, Any] | None = None) -> type | None:
+def schema_for(
+    target: str,
+    keys_in_yaml: Sequence[str] = (),
+    meta: dict[str, Any] | None = None,
+    extra: Mapping[str, tuple[Any, Any]] | None = None,
+) -> type | None:
     """A dataclass schema for ``target``'s keyword parameters (``None`` when it takes ``**kwargs``).
 
-    ``meta`` holds the YAML's instantiation flags (``_partial_``, ``_recursive_``, ``_convert_``).
+    ``meta`` holds the YAML's instantiation flags (``_partial_``, ``_recursive_``, ``_convert_``); ``extra`` the
+    group's own keys (:data:`GROUP_KEYS`).
     """
     meta = meta or {}
     obj = get_object(target)
@@ -141,6 +152,9 @@ def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, An
                 default if isinstance(default, dataclasses.Field) else dataclasses.field(default=default),
             )
         )
+    for name, (tp, default) in (extra or {}).items():
+        ftype = _field_type(tp)
+        fields.append((name, ftype, dataclasses.field(default=_default(default, ftype))))
     cls_name = target.rsplit(".", 1)[-1] + "Schema"
     return dataclasses.make_dataclass(cls_name, fields, kw_only=True)
 
@@ -175,11 +189,12 @@ def register_schemas(conf_dir: str | Path) -> list[str]:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict) or "_target_" not in data:
             continue
-        schema = schema_for(data["_target_"], _yaml_keys(data), {k: data[k] for k in _META if k in data})
-        if schema is None:
-            continue
         name = schema_name(conf_dir, path)
         group, _, option = name.rpartition("/")
+        extra = GROUP_KEYS.get(group.removeprefix("schema/"))
+        schema = schema_for(data["_target_"], _yaml_keys(data), {k: data[k] for k in _META if k in data}, extra)
+        if schema is None:
+            continue
         store.store(group=group, name=option, node=schema)
         names.append(name)
     return names
