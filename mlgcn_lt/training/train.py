@@ -102,7 +102,7 @@ def _prefixed(trainer: L.Trainer, prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
-def test_split(
+def score_split(
     trainer: L.Trainer, model: MLGCNModule, datamodule: CXRDataModule, split: str, ckpt: str | None
 ) -> dict[str, float]:
     """Test ``ckpt`` (``None``: the current weights) on report split ``split``; its ``<split>/*`` metrics (none
@@ -179,7 +179,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(report.best) if report is not None and report.best else _prefixed(trainer, "val/")
     if cfg.get("test"):
         for split in datamodule.report_splits:
-            metrics.update(test_split(trainer, model, datamodule, split, checkpoint))
+            metrics.update(score_split(trainer, model, datamodule, split, checkpoint))
             if report is not None and f"{split}/mF1_tuned" in report.scores:
                 metrics[f"{split}/mF1_tuned"] = report.scores[f"{split}/mF1_tuned"]
     metrics.update(
