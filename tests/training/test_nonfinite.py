@@ -108,6 +108,20 @@ def test_skip_leaves_weights_and_optimizer_state_of_the_bad_batch_unchanged(name
     assert any(f"non-finite loss at step {BAD}" in m and "'penalty': nan" in m for m in messages)
 
 
+@pytest.mark.parametrize("name", ["adam", "adam_fused", "adamw_fused"])
+def test_skip_with_a_gradient_scaler(name):
+    """16-mixed: a fused optimizer's scaler checks the gradients inside its step; with none left it would fail
+    ("No inf checks were recorded"), so it gets NaN ones and skips the step itself."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    callback = NonFinite(policy="skip")
+    model, snaps = _fit(OPTIMIZERS[name], callback, plugins=[plugin])
+    assert _equal(snaps.before[BAD], snaps.after[BAD]) and callback.skipped == 1
+    assert not _equal(snaps.before[BAD + 1][0], snaps.after[BAD + 1][0])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_error_names_the_step_and_the_term_at_the_next_check():
     callback = NonFinite(policy="error", check_every_n_steps=2)
     with pytest.raises(NonFiniteLossError, match=rf"global step {BAD} .*total, penalty is NaN or infinite"):

@@ -22,8 +22,9 @@ class NonFinite(L.Callback):
 
     ``policy=skip``: each batch's loss is checked before its backward pass (one host sync per step, and under DDP
     one all-reduce, so that every rank skips the same batch); a non-finite one leaves the weights and the optimizer
-    state unchanged (every gradient is dropped before the optimizer step, which then skips every parameter), is
-    logged with its terms and counted in ``train/skipped_nonfinite``.
+    state unchanged (every gradient is dropped before the optimizer step, which then skips every parameter; with
+    ``16-mixed`` and a fused optimizer the gradient scaler skips the step and halves its scale), is logged with its
+    terms and counted in ``train/skipped_nonfinite``. Its ``train/loss`` is logged like any batch's.
     """
 
     def __init__(self, policy: Literal["error", "skip"] = "error", check_every_n_steps: int | None = None) -> None:
@@ -51,10 +52,20 @@ class NonFinite(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._drop_update:  # torch optimizers skip parameters without a gradient: no update, no state change
-            self._drop_update = False
-            for group in optimizer.param_groups:
-                for p in group["params"]:
+        if not self._drop_update:
+            return
+        self._drop_update = False
+        # A gradient scaler (16-mixed) whose inf check runs inside its step (fused optimizers) must see the batch's
+        # gradients: NaN ones make it skip the step (and lower its scale). Otherwise: no gradients at all, and torch
+        # optimizers skip every parameter without one (no update, no state change; a scaler that already checked
+        # the gradients, before this hook, steps nothing either).
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        checked_in_step = scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and checked_in_step:
+                    p.grad.fill_(float("nan"))
+                else:
                     p.grad = None
 
     def on_train_batch_end(
