@@ -81,6 +81,13 @@ def test_validate_replaces_the_best_epoch_and_testing_a_checkpoint_keeps_it(tmp_
     assert _thresholds(tmp_path) == pytest.approx(tune_thresholds(*_outputs(5)[:2]).tolist())
 
 
+def test_a_run_checkpointed_by_best_metrics_resumes_with_its_best_epoch():
+    cb = ReportOutputs()
+    old = {"callbacks": {"BestMetrics": {"best": {"val/mAP": 0.6}, "best_epoch": 4}}}
+    cb.on_load_checkpoint(_trainer(TrainerFn.FITTING), SimpleNamespace(), old)
+    assert cb.best == {"val/mAP": 0.6} and cb.best_epoch == 4 and cb.best_outputs is None
+
+
 @pytest.mark.slow  # trains through train() / fit
 def test_run_resumed_after_its_best_epoch_writes_the_same_thresholds_without_validating(
     tiny_cxr_lt, tmp_path, hydra_cleanup, monkeypatch

@@ -100,6 +100,10 @@ class ReportOutputs(L.Callback):
         # Lightning restores callback states also for validate() / test() of a checkpoint; only a resumed fit takes
         # them: the weights being tested were chosen after that checkpoint was written (e.g. SWA's validation).
         self._take_state = trainer.state.fn == TrainerFn.FITTING
+        states = checkpoint.get("callbacks") or {}
+        if self._take_state and self.state_key not in states and "BestMetrics" in states:
+            # a run started before this callback (BestMetrics): its best epoch, without the predictions
+            self.load_state_dict(states["BestMetrics"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not self._take_state:
