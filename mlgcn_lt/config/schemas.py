@@ -44,6 +44,13 @@ _INJECTED = frozenset(
     }
 )
 _META = {"_partial_": bool, "_recursive_": bool, "_convert_": str}
+#: Keys a config group adds beside its target's parameters: (type, default; ``MISSING``: required). The code that
+#: instantiates the group reads and removes them first: ``model.scheduler.interval`` (when Lightning steps the
+#: learning-rate scheduler), ``data.max_epochs`` (the epoch budget of the data set; ``trainer.max_epochs`` reads it).
+GROUP_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "model/scheduler": {"interval": (Literal["epoch", "step"], "epoch")},
+    "data": {"max_epochs": (int, dataclasses.MISSING)},
+}
 
 
 @functools.cache
@@ -116,10 +123,16 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, Any] | None = None) -> type | None:
+def schema_for(
+    target: str,
+    keys_in_yaml: Sequence[str] = (),
+    meta: dict[str, Any] | None = None,
+    extra: Mapping[str, tuple[Any, Any]] | None = None,
+) -> type | None:
     """A dataclass schema for ``target``'s keyword parameters (``None`` when it takes ``**kwargs``).
 
-    ``meta`` holds the YAML's instantiation flags (``_partial_``, ``_recursive_``, ``_convert_``).
+    ``meta`` holds the YAML's instantiation flags (``_partial_``, ``_recursive_``, ``_convert_``); ``extra`` the
+    group's own keys (:data:`GROUP_KEYS`).
     """
     meta = meta or {}
     obj = get_object(target)
@@ -148,10 +161,9 @@ def schema_for(target: str, keys_in_yaml: Sequence[str] = (), meta: dict[str, An
                 default if isinstance(default, dataclasses.Field) else dataclasses.field(default=default),
             )
         )
-    # Keys of the config that are not arguments (e.g. ``CXRDataModule.CONFIG_KEYS``: ``data.max_epochs``, read by
-    # the trainer config): typed like the rest, required; the code that instantiates the config leaves them out.
-    for name, tp in getattr(obj, "CONFIG_KEYS", {}).items():
-        fields.append((name, _field_type(tp), dataclasses.field(default=dataclasses.MISSING)))
+    for name, (tp, default) in (extra or {}).items():
+        ftype = _field_type(tp)
+        fields.append((name, ftype, dataclasses.field(default=_default(default, ftype))))
     cls_name = target.rsplit(".", 1)[-1] + "Schema"
     return dataclasses.make_dataclass(cls_name, fields, kw_only=True)
 
@@ -186,11 +198,12 @@ def register_schemas(conf_dir: str | Path) -> list[str]:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict) or "_target_" not in data:
             continue
-        schema = schema_for(data["_target_"], _yaml_keys(data), {k: data[k] for k in _META if k in data})
-        if schema is None:
-            continue
         name = schema_name(conf_dir, path)
         group, _, option = name.rpartition("/")
+        extra = GROUP_KEYS.get(group.removeprefix("schema/"))
+        schema = schema_for(data["_target_"], _yaml_keys(data), {k: data[k] for k in _META if k in data}, extra)
+        if schema is None:
+            continue
         store.store(group=group, name=option, node=schema)
         names.append(name)
     return names

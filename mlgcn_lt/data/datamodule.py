@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -62,12 +62,6 @@ class CXRDataModule(L.LightningDataModule):
     With ``cache_dir`` set, every split reads the images decoded and resized once by
     ``python -m mlgcn_lt.data.preprocess`` (setup fails, naming the command, if any image is missing or stale).
     """
-
-    #: Keys of a data config that are not arguments of the DataModule: other configs read them
-    #: (``conf/trainer/default.yaml``: ``max_epochs: ${data.max_epochs}``, the epoch budget that suits the dataset:
-    #: an epoch of 3k images and one of 260k are different budgets). The schema types them (a typo fails at compose
-    #: time); :func:`build_datamodule` leaves them out.
-    CONFIG_KEYS: ClassVar[dict[str, Any]] = {"max_epochs": int}
 
     def __init__(
         self,
@@ -360,10 +354,12 @@ class CXRDataModule(L.LightningDataModule):
 def build_datamodule(data: DictConfig | Mapping[str, Any]) -> CXRDataModule:
     """Instantiate a ``data`` config (``cfg.data``, or the ``data`` of a run's saved ``config.yaml``).
 
-    The config-only keys (:attr:`CXRDataModule.CONFIG_KEYS`: ``max_epochs``) are left out, and the flat keys of
-    configs saved before the typed blocks (``on_bad_image``, ``path_column``...) are read into their blocks.
+    The data group's own keys (``max_epochs``: :data:`mlgcn_lt.config.schemas.GROUP_KEYS`) are left out, and the
+    flat keys of configs saved before the typed blocks (``on_bad_image``, ``path_column``...) go into their blocks.
     """
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True, enum_to_str=True)  # type: ignore[assignment]
-    args = {k: v for k, v in upgrade_legacy_keys(data).items() if k not in CXRDataModule.CONFIG_KEYS}
+    from mlgcn_lt.config.schemas import GROUP_KEYS
+
+    args = {k: v for k, v in upgrade_legacy_keys(data).items() if k not in GROUP_KEYS["data"]}
     return instantiate(args)

@@ -20,7 +20,7 @@ from mlgcn_lt.data.datamodule import REPORT_SPLITS, CXRDataModule, build_datamod
 from mlgcn_lt.data.tables import ImageTable
 from mlgcn_lt.evaluation.metrics import compute_metrics
 from mlgcn_lt.evaluation.outputs import predictions_frame, write_csv, write_split_outputs
-from mlgcn_lt.evaluation.predict import fuse_table_predictions, image_size_of, load_checkpoint
+from mlgcn_lt.evaluation.predict import fuse_table_predictions, image_size_of, load_checkpoint, with_tta
 from mlgcn_lt.evaluation.submit import save_submission
 from mlgcn_lt.evaluation.thresholds import load_thresholds, tuned_f1_metrics
 from mlgcn_lt.training.train import instantiate_group, log_failure, plain_config
@@ -73,7 +73,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.warning(
             "checkpoint was trained at %d px, evaluating at data.image_size=%d", trained_size, datamodule.image_size
         )
-    model.tta = tuple(cfg.tta)
+    model = with_tta(model, cfg.tta)
     labelled = datamodule.has_labels(split)
     model.report_split, model.report_labelled = split, labelled
     dataset = datamodule.dataset(split, train_transform=False)

@@ -1,4 +1,5 @@
-"""Inference from checkpoints: load and check them, predict a table, fuse the views of a study."""
+"""Inference from checkpoints: load and check them, test-time augmentation, predict a table, fuse the views of a
+study."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mlgcn_lt.data.dataset import ImageTableDataset
 from mlgcn_lt.data.images import build_transform
 from mlgcn_lt.data.tables import ImageTable
+from mlgcn_lt.models.experts import ModelOutput
 from mlgcn_lt.training.module import MLGCNModule
 from mlgcn_lt.utils.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
 
@@ -31,10 +34,13 @@ class CheckpointMismatch(ValueError):
 
 
 def load_checkpoint(path: str | Path, classes: Sequence[str] | None = None) -> MLGCNModule:
-    """Rebuild a model from its checkpoint alone (CPU), optionally checking its class list against ``classes``."""
+    """Rebuild a model from its checkpoint alone (CPU), optionally checking its class list against ``classes``.
+
+    Checkpoints of earlier versions load too (hyper-parameters renamed: ``MLGCNModule.from_checkpoint``).
+    """
     path = Path(path)
-    read_checkpoint(path)  # a foreign, truncated or plain-state-dict file: one clear error naming it
-    model = MLGCNModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    # A foreign, truncated or plain-state-dict file: one clear error naming it.
+    model = MLGCNModule.from_checkpoint(read_checkpoint(path))
     if classes is not None and list(model.classes) != list(classes):
         missing = [c for c in classes if c not in model.classes]
         extra = [c for c in model.classes if c not in classes]
@@ -44,6 +50,56 @@ def load_checkpoint(path: str | Path, classes: Sequence[str] | None = None) -> M
             f"missing in checkpoint {missing}, unknown to the data {extra}"
         )
     return model.eval()
+
+
+TTA_CHOICES = "'hflip', 'scale:<factor>'"
+
+
+def tta_views(images: torch.Tensor, tta: Sequence[str]) -> list[torch.Tensor]:
+    """The inputs test-time augmentation averages over: ``images``, one bilinear resize per ``"scale:<factor>"``
+    (of the 0..1 image when the input is 8-bit), and, with ``"hflip"``, the horizontal flip of each of those."""
+    views = [images]
+    for t in tta:
+        if t.startswith("scale:"):
+            x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+            factor = float(t.split(":", 1)[1])
+            views.append(torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear"))
+        elif t != "hflip":
+            raise ValueError(f"unknown test-time augmentation {t!r}; known: {TTA_CHOICES}")
+    if "hflip" in tta:
+        views += [v.flip(-1) for v in views]
+    return views
+
+
+class TestTimeAugmentation(nn.Module):
+    """A network whose ensemble probabilities are averaged over :func:`tta_views` of its input.
+
+    Returns a :class:`~mlgcn_lt.models.experts.ModelOutput` like the network it wraps: ``logits`` are the logit of
+    the mean probability (so the model's ``sigmoid(logits)`` gives that mean, to float32 rounding), ``expert_logits``
+    the mean over the views.
+    """
+
+    def __init__(self, net: nn.Module, tta: Sequence[str]) -> None:
+        super().__init__()
+        self.net, self.tta = net, tuple(tta)
+        tta_views(torch.zeros(1, 1, 8, 8), self.tta)  # unknown augmentations fail here, not at the first batch
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        outputs = [self.net(v) for v in tta_views(images, self.tta)]
+        probs = torch.stack([torch.sigmoid(o.logits.float()) for o in outputs]).mean(0)
+        expert_logits = torch.stack([o.expert_logits.float() for o in outputs]).mean(0)
+        return ModelOutput(torch.logit(probs.double()).float(), expert_logits)
+
+    def representation(self) -> list[nn.Module]:
+        """The wrapped network's representation (a frozen one stays in eval mode: ``MLGCNModule.train``)."""
+        return self.net.representation()
+
+
+def with_tta(model: MLGCNModule, tta: Sequence[str]) -> MLGCNModule:
+    """``model`` with its network wrapped in :class:`TestTimeAugmentation` (unwrapped again for ``tta=()``)."""
+    net = model.net.net if isinstance(model.net, TestTimeAugmentation) else model.net
+    model.net = TestTimeAugmentation(net, tta) if tta else net
+    return model
 
 
 def image_size_of(model: MLGCNModule, default: int | None = None) -> int:
@@ -76,8 +132,7 @@ def predict_table(
     )
     total = np.zeros((len(table), len(table.classes)), dtype=np.float64)
     for model in models:
-        model.tta = tuple(tta)
-        out = trainer.predict(model, dataloaders=loader)
+        out = trainer.predict(with_tta(model, tta), dataloaders=loader)
         index = torch.cat([b["index"] for b in out]).numpy()
         probs = torch.cat([b["probs"] for b in out]).double().numpy()
         if sorted(index.tolist()) != list(range(len(table))):

@@ -3,16 +3,23 @@
 The module receives its parts as configs (``_recursive_: false``) plus the training label statistics, and saves
 them as hyper-parameters: a checkpoint alone rebuilds the model (``MLGCNModule.load_from_checkpoint(path)``).
 
-Decoupled training (cRT, Kang et al. ICLR 2020; ``mlgcn_lt/training/decoupled.py``): ``init_from`` starts from
-another run's checkpoint (all weights, or only the representation with ``reset_heads``),
-``freeze="representation"`` keeps the trunk and the expert stages fixed (no gradients, BatchNorm statistics
-frozen: eval mode) so that only the heads train.
+Decoupled training (cRT, Kang et al. ICLR 2020; ``mlgcn_lt/training/decoupled.py``): ``decoupled.init_from``
+starts from another run's checkpoint (all weights, or only the representation with ``decoupled.reset_heads``),
+``decoupled.freeze="representation"`` keeps the trunk and the expert stages fixed (no gradients, BatchNorm
+statistics frozen: eval mode) so that only the heads train.
+
+Checkpoints of earlier versions (flat ``init_from`` / ``reset_heads`` / ``freeze``, ``scheduler_interval``,
+``on_nonfinite``) load through :meth:`MLGCNModule.load_from_checkpoint` / :meth:`MLGCNModule.from_checkpoint`,
+which rename them (:func:`upgrade_hparams`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -25,14 +32,70 @@ from mlgcn_lt.evaluation.metrics import MultilabelMetrics
 from mlgcn_lt.losses.base import LossOutput, build_loss
 from mlgcn_lt.models.experts import ModelOutput, MultiExpertNet
 from mlgcn_lt.models.factory import as_config, build_net
-from mlgcn_lt.training.decoupled import Stage1, freeze_representation, load_stage1, read_stage1
+from mlgcn_lt.training.decoupled import (
+    DecoupledConfig,
+    Freeze,
+    Stage1,
+    freeze_representation,
+    load_stage1,
+    read_stage1,
+)
 from mlgcn_lt.training.guards import checkpoint_differences
-from mlgcn_lt.training.nonfinite import NonFiniteTracker
 from mlgcn_lt.training.precision import clip_gradients
+from mlgcn_lt.utils.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
 
 Config = DictConfig | Mapping[str, Any]
+
+#: Hyper-parameters of earlier versions -> where they live now (:func:`upgrade_hparams`).
+RENAMED_HPARAMS = {
+    "init_from": "decoupled.init_from",
+    "reset_heads": "decoupled.reset_heads",
+    "freeze": "decoupled.freeze",
+    "scheduler_interval": "scheduler.interval",
+    "on_nonfinite": "callbacks.nonfinite.policy (a training option, not the model's)",
+    "nonfinite_check_every_n_steps": "callbacks.nonfinite.check_every_n_steps (a training option)",
+}
+
+
+def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyper-parameters with the names of earlier versions moved to today's (``RENAMED_HPARAMS``):
+    ``init_from`` / ``reset_heads`` / ``freeze`` into ``decoupled``, ``scheduler_interval`` into ``scheduler``;
+    the non-finite policy is a callback now and is dropped."""
+    hp = dict(hparams)
+    decoupled = dict(hp.pop("decoupled", None) or {})
+    for key in ("init_from", "reset_heads", "freeze"):
+        if key in hp:
+            decoupled.setdefault(key, hp.pop(key))
+    if decoupled:
+        hp["decoupled"] = decoupled
+    interval = hp.pop("scheduler_interval", None)
+    if interval is not None and hp.get("scheduler") is not None:
+        hp["scheduler"] = {"interval": interval, **dict(hp["scheduler"])}
+    for key in ("on_nonfinite", "nonfinite_check_every_n_steps"):
+        hp.pop(key, None)
+    return hp
+
+
+def plain(value: Any) -> Any:
+    """Plain containers for a checkpoint (``torch.load(weights_only=True)``): configs, dataclasses, enums."""
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, enum_to_str=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def scheduler_parts(scheduler: Config) -> tuple[DictConfig, str]:
+    """``model.scheduler`` split into the scheduler's own config and Lightning's ``interval`` (epoch / step)."""
+    cfg = OmegaConf.to_container(as_config(scheduler), enum_to_str=True)
+    interval = str(cfg.pop("interval", "epoch"))
+    if interval not in ("epoch", "step"):
+        raise ValueError(f"model.scheduler.interval={interval!r}: expected 'epoch' or 'step'")
+    return OmegaConf.create(cfg), interval
 
 
 class MLGCNModule(L.LightningModule):
@@ -49,7 +112,6 @@ class MLGCNModule(L.LightningModule):
         loss: Config,
         optimizer: Config,
         scheduler: Config | None = None,
-        scheduler_interval: Literal["epoch", "step"] = "epoch",
         num_experts: int = 1,
         expert_init: Literal["pretrained_copy", "random"] = "pretrained_copy",
         expert_width: int | None = None,
@@ -57,11 +119,7 @@ class MLGCNModule(L.LightningModule):
         ensemble: Literal["logits", "probs"] = "logits",
         input_norm: Literal["imagenet", "unit"] = "imagenet",
         activation_checkpointing: bool = False,
-        init_from: str | None = None,
-        reset_heads: bool = False,
-        freeze: Literal["none", "representation"] = "none",
-        on_nonfinite: Literal["error", "skip"] = "error",
-        nonfinite_check_every_n_steps: int | None = None,
+        decoupled: DecoupledConfig = DecoupledConfig(),  # noqa: B008 (frozen, immutable)
         stats: Mapping[str, Any],
         data_info: Mapping[str, Any] | None = None,
         restore: Mapping[str, Any] | None = None,
@@ -70,52 +128,70 @@ class MLGCNModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.stats = LabelStats.from_dict(dict(stats))
         self.classes = list(self.stats.classes)
+        self.decoupled = DecoupledConfig.of(decoupled)
+        init_from, reset_heads = self.decoupled.init_from, self.decoupled.reset_heads
         # A checkpoint of this model (restore) already holds the weights: init_from only applies to a new model.
         stage1 = self._read_stage1() if init_from and restore is None else None
         self.net = self._build_net(restore, stage1)
         if stage1 is not None:
             load_stage1(self.net, stage1, heads=not reset_heads)
             log.info("initialised from %s (%s)", init_from, "representation only" if reset_heads else "all weights")
-        if freeze == "representation":
+        if self.decoupled.freeze == Freeze.representation:
             freeze_representation(self.net)
             self.train()
         self.loss_fn = build_loss(as_config(loss), self.stats)
-        #: Test-time augmentations applied in test / predict (set by eval and submission code).
-        self.tta: tuple[str, ...] = ()
         #: The split ``trainer.test`` scores (its metrics are logged as ``<report_split>/*``: ``test``, ``dev``...),
         #: and whether it has labels (without them: predictions gathered in ``test_metrics.last``, nothing logged).
         self.report_split = "test"
         self.report_labelled = True
-        #: Non-finite losses: tracked on the device, checked every ``nonfinite_check_every_n_steps`` (default: at
-        #: logging steps) and at epoch end (``error``), or decided per batch (``skip``, counted).
-        self.nonfinite = NonFiniteTracker()
-        self.skipped_nonfinite = 0
         self.val_metrics = MultilabelMetrics(self.classes, self.stats.groups)
         self.test_metrics = MultilabelMetrics(self.classes, self.stats.groups)
 
     # ------------------------------------------------------------------ construction
     def _read_stage1(self) -> Stage1:
         hp = self.hparams
-        return read_stage1(hp.init_from, classes=self.classes, num_experts=hp.num_experts, backbone=hp.backbone["name"])
+        return read_stage1(
+            self.decoupled.init_from, classes=self.classes, num_experts=hp.num_experts, backbone=hp.backbone["name"]
+        )
 
     def _build_net(self, restore: Mapping[str, Any] | None, stage1: Stage1 | None = None) -> MultiExpertNet:
         """The network (:func:`~mlgcn_lt.models.factory.build_net`); weights from a checkpoint (``restore``, or
         stage 1 of cRT) mean no pretrained download, and no label-embedding fit when the heads come with them."""
         hp = self.hparams
         label_dim = None
-        if restore is not None or (stage1 is not None and not hp.reset_heads):
+        if restore is not None or (stage1 is not None and not self.decoupled.reset_heads):
             label_dim = int(restore["label_dim"] if restore is not None else stage1.label_dim)
         from_checkpoint = restore is not None or stage1 is not None
         return build_net(hp, self.stats, label_dim=label_dim, pretrained=not from_checkpoint)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], strict: bool = True, **overrides: Any) -> MLGCNModule:
+        """The model of a checkpoint already read (e.g. by :func:`~mlgcn_lt.utils.checkpoints.read_checkpoint`):
+        hyper-parameters of earlier versions renamed (:func:`upgrade_hparams`), weights loaded, on the CPU."""
+        model = cls(**{**upgrade_hparams(checkpoint["hyper_parameters"]), **overrides})
+        model.on_load_checkpoint(dict(checkpoint))
+        model.load_state_dict(checkpoint["state_dict"], strict=strict)
+        return model
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        strict: bool = True,
+        weights_only: bool | None = True,
+        **overrides: Any,
+    ) -> MLGCNModule:
+        """Lightning's loader for this model's checkpoints, also those of earlier versions (renamed
+        hyper-parameters); always ``weights_only`` (the checkpoints hold plain containers and tensors only)."""
+        model = cls.from_checkpoint(read_checkpoint(checkpoint_path), strict=strict, **overrides)
+        return model.to(map_location) if isinstance(map_location, str | torch.device) else model
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The state dict holds every weight and label vector: loading must not fetch or fit them again. Heads that
         # keep no label vectors (linear, csra, ml_decoder without label-vector queries) restore with d = 0.
         label_dim = next((v.shape[1] for k, v in self.state_dict().items() if k.endswith("label_vectors")), 0)
-        hparams = {
-            k: OmegaConf.to_container(v, enum_to_str=True) if isinstance(v, DictConfig) else v
-            for k, v in checkpoint["hyper_parameters"].items()
-        }
+        hparams = {k: plain(v) for k, v in checkpoint["hyper_parameters"].items()}
         hparams["restore"] = {"label_dim": int(label_dim)}
         # Plain containers only, so the checkpoint loads with torch.load(weights_only=True).
         checkpoint["hyper_parameters"] = hparams
@@ -123,7 +199,7 @@ class MLGCNModule(L.LightningModule):
     def train(self, mode: bool = True) -> MLGCNModule:
         """Train / eval mode; a frozen representation stays in eval mode (BatchNorm statistics unchanged)."""
         super().train(mode)
-        if self.hparams.freeze == "representation":
+        if self.decoupled.freeze == Freeze.representation:
             for m in self.net.representation():
                 m.eval()
         return self
@@ -136,57 +212,20 @@ class MLGCNModule(L.LightningModule):
         output = self(batch["image"])
         return output, self.loss_fn(output, batch["target"])
 
-    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Sigmoid of the ensemble logits, averaged over the test-time augmentations in ``self.tta``.
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of the ensemble logits (test-time augmentation: :mod:`mlgcn_lt.evaluation.predict`)."""
+        return torch.sigmoid(self(images).logits.float())
 
-        ``tta`` entries: ``"hflip"`` (horizontal flip) and ``"scale:<factor>"`` (bilinear resize of the input);
-        every combination of the listed scales (and 1.0) with and without the flip is averaged.
-        """
-        views = [images]
-        for t in self.tta:
-            if t.startswith("scale:"):
-                x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-                factor = float(t.split(":", 1)[1])
-                views.append(torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear"))
-            elif t != "hflip":
-                raise ValueError(f"unknown test-time augmentation {t!r}; known: 'hflip', 'scale:<factor>'")
-        if "hflip" in self.tta:
-            views += [v.flip(-1) for v in views]
-        return torch.stack([torch.sigmoid(self(v).logits.float()) for v in views]).mean(0)
-
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        """The loss and its terms (for callbacks: the non-finite policy, ``callbacks/nonfinite.py``)."""
         _, loss = self._loss(batch)
         bs = batch["image"].shape[0]
-        if self.hparams.on_nonfinite == "skip":
-            if not bool(torch.isfinite(loss.total)):  # one host sync per step: the price of deciding per batch
-                self.skipped_nonfinite += 1
-                terms = {k: float(v.detach()) for k, v in loss.terms.items()}
-                log.warning(
-                    "non-finite loss at step %d %s: batch skipped (%d so far)",
-                    self.global_step,
-                    terms,
-                    self.skipped_nonfinite,
-                )
-                return None  # Lightning skips backward and the optimizer step
-        else:
-            self.nonfinite.observe(self.global_step, loss.total, loss.terms)
         # Not prog_bar: Lightning converts progress-bar values with .item() after every step (a device sync).
         # Loggers read train/loss_step every trainer.log_every_n_steps; callbacks.ProgressBar shows it per refresh.
         self.log("train/loss", loss.total, on_step=True, on_epoch=True, batch_size=bs)
         if len(loss.terms) > 1:
             self.log_dict({f"train/{k}": v for k, v in loss.terms.items()}, on_step=False, on_epoch=True, batch_size=bs)
-        return loss.total
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = self.hparams.nonfinite_check_every_n_steps or self.trainer.log_every_n_steps
-        if self.hparams.on_nonfinite == "error" and (self.global_step % max(1, every) == 0):
-            self.nonfinite.raise_if_seen(self.current_epoch)
-
-    def on_train_epoch_end(self) -> None:
-        if self.hparams.on_nonfinite == "error":
-            self.nonfinite.raise_if_seen(self.current_epoch)
-        if self.skipped_nonfinite:
-            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
+        return {"loss": loss.total, "terms": {k: v.detach() for k, v in loss.terms.items()}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another model (class list, experts, backbone...) naming the difference."""
@@ -203,11 +242,10 @@ class MLGCNModule(L.LightningModule):
         self, batch: Mapping[str, torch.Tensor], metrics: MultilabelMetrics, stage: str, labelled: bool = True
     ) -> None:
         if not labelled:  # no targets: no loss, only the predictions
-            metrics.update(self.predict_probs(batch["image"]), batch["target"], batch["index"])
+            metrics.update(self.probs(batch["image"]), batch["target"], batch["index"])
             return
         output, loss = self._loss(batch)
-        probs = self.predict_probs(batch["image"]) if self.tta else torch.sigmoid(output.logits.float())
-        metrics.update(probs, batch["target"], batch["index"])
+        metrics.update(torch.sigmoid(output.logits.float()), batch["target"], batch["index"])
         self.log(
             f"{stage}/loss",
             loss.total,
@@ -238,7 +276,7 @@ class MLGCNModule(L.LightningModule):
         self._log_metrics(self.test_metrics, self.report_split, self.report_labelled)
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"index": batch["index"], "probs": self.predict_probs(batch["image"])}
+        return {"index": batch["index"], "probs": self.probs(batch["image"])}
 
     # ------------------------------------------------------------------ optimisation
     def configure_gradient_clipping(
@@ -257,8 +295,6 @@ class MLGCNModule(L.LightningModule):
         )
         if self.hparams.scheduler is None:
             return optimizer
-        scheduler = instantiate(as_config(self.hparams.scheduler))(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
-        }
+        config, interval = scheduler_parts(self.hparams.scheduler)
+        scheduler = instantiate(config)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

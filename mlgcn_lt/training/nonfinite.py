@@ -36,5 +36,5 @@ class NonFiniteTracker:
             f"non-finite training loss at global step {int(self.step)} (detected in epoch {epoch}): "
             f"{', '.join(names)} is NaN or infinite. Training stopped; the checkpoints written before are intact. "
             "Try a lower learning rate, trainer.precision=32-true or bf16-mixed, or check the data; "
-            "model.on_nonfinite=skip skips such batches instead (and counts them)."
+            "callbacks.nonfinite.policy=skip skips such batches instead (and counts them)."
         )

@@ -1,33 +1,28 @@
-"""What train.py runs: compose parts from the config, fit, score the report splits, write the run's outputs.
+"""What train.py runs: build the parts from the config, fit, test the chosen checkpoint on the report splits,
+write the run's outputs.
 
 Protocol (docs/protocol.md): ``val`` chooses the checkpoint, stops early and tunes the F1 thresholds; the report
-splits (``dev``, ``test``: those the data config names) are scored once, with the chosen checkpoint.
-Run directory: ``config.yaml`` (resolved), ``label_stats.json``, ``checkpoints/``, ``thresholds.json`` (F1
-thresholds tuned on validation), per report split ``per_class_<split>.csv`` and ``predictions_<split>.csv`` (a
-split without labels: ``predictions_<split>.csv`` and ``submission_<split>.csv``), and ``metrics.json``
-(``val/*`` of the best epoch, ``dev/*``, ``test/*``, and ``splits``: where each split comes from).
-With SWA (``callbacks/averaging=swa``) the averaged final model (``checkpoints/swa.ckpt``) replaces the best epoch.
+splits (``dev``, ``test``: those the data config names) are scored once, with the chosen checkpoint: the best
+epoch's, or with SWA (``callbacks/averaging=swa``) the averaged final model (``checkpoints/swa.ckpt``).
+Run directory: ``config.yaml`` (resolved), ``label_stats.json``, ``checkpoints/``, the files of
+``callbacks.report_outputs`` (``thresholds.json``; per report split ``per_class_<split>.csv`` and
+``predictions_<split>.csv``, or without labels ``predictions_<split>.csv`` and ``submission_<split>.csv``), and
+``metrics.json`` (``val/*`` of the chosen weights, ``dev/*``, ``test/*``, and ``splits``: where each split comes from).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlgcn_lt.data.datamodule import CXRDataModule, build_datamodule
-from mlgcn_lt.data.tables import ImageTable
-from mlgcn_lt.evaluation.outputs import predictions_frame, write_csv, write_split_outputs
-from mlgcn_lt.evaluation.submit import SubmissionError, save_submission
-from mlgcn_lt.evaluation.thresholds import save_thresholds, tune_thresholds, tuned_f1_metrics
-from mlgcn_lt.training.callbacks.averaging import SWA
-from mlgcn_lt.training.callbacks.best_metrics import BestMetrics
 from mlgcn_lt.training.guards import check_config
 from mlgcn_lt.training.loggers.factory import finish_wandb, log_config, log_summary
 from mlgcn_lt.training.module import MLGCNModule
@@ -49,11 +44,16 @@ def plain_config(cfg: DictConfig) -> DictConfig:
     return out
 
 
+def instantiate_named(group: DictConfig | None) -> dict[str, Any]:
+    """Instantiate every named entry of a group like ``callbacks`` or ``logger``, by name (null entries skipped)."""
+    if not group:
+        return {}
+    return {name: instantiate(node) for name, node in group.items() if node is not None and "_target_" in node}
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every named entry of a group like ``callbacks`` or ``logger`` (null entries are skipped)."""
-    if not group:
-        return []
-    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+    return list(instantiate_named(group).values())
 
 
 def data_info(datamodule: CXRDataModule) -> dict[str, Any]:
@@ -61,15 +61,20 @@ def data_info(datamodule: CXRDataModule) -> dict[str, Any]:
     return {"format": datamodule.format, "image_size": datamodule.image_size, "classes": datamodule.classes}
 
 
-def build(cfg: DictConfig) -> tuple[CXRDataModule, MLGCNModule, L.Trainer]:
-    """Datamodule (set up: statistics known), model built from them, and trainer with callbacks and loggers."""
+def build(
+    cfg: DictConfig, callbacks: Mapping[str, L.Callback] | None = None
+) -> tuple[CXRDataModule, MLGCNModule, L.Trainer]:
+    """Datamodule (set up: statistics known), model built from them, and trainer with callbacks (``callbacks``,
+    else those of ``cfg.callbacks``) and loggers."""
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = instantiate(cfg.model, stats=datamodule.stats.to_dict(), data_info=data_info(datamodule))
+    if callbacks is None:
+        callbacks = instantiate_named(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger")) or False
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=list(callbacks.values()), logger=loggers, plugins=[AtomicCheckpointIO()]
     )
     return datamodule, model, trainer
 
@@ -92,114 +97,23 @@ def check_launch(cfg: DictConfig, trainer: L.Trainer) -> None:
         )
 
 
-def _find(trainer: L.Trainer, kind: type) -> Any:
-    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+def _prefixed(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """The ``<prefix>*`` metrics of the last fit / validate / test."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
-def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
-    return {f"{prefix}/{k}": v for k, v in values.items()}
-
-
-def _validate(trainer: L.Trainer, model: MLGCNModule, datamodule: CXRDataModule, ckpt: str) -> dict[str, float]:
-    """Validate a checkpoint; its ``val/*`` metrics (predictions stay in ``model.val_metrics.last``)."""
-    trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-
-
-def _val_outputs(
-    datamodule: CXRDataModule, model: MLGCNModule, trainer: L.Trainer, ckpt: str | None, validated: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validation predictions of the chosen checkpoint (probs, targets, indices), to tune thresholds on."""
-    best = _find(trainer, BestMetrics)
-    if validated:  # e.g. SWA: the checkpoint was just validated, its predictions are in the model
-        return model.val_metrics.last
-    if best is not None and best.best_outputs is not None:  # the best epoch's own validation predictions
-        return best.best_outputs
-    if ckpt:  # e.g. resumed after the best epoch: predict validation again with the best weights
-        _validate(trainer, model, datamodule, ckpt)
-    return model.val_metrics.last
-
-
-def _score_split(
-    out: Path,
-    split: str,
-    datamodule: CXRDataModule,
-    model: MLGCNModule,
-    trainer: L.Trainer,
-    ckpt: str | None,
-    thresholds: np.ndarray,
+def score_split(
+    trainer: L.Trainer, model: MLGCNModule, datamodule: CXRDataModule, split: str, ckpt: str | None
 ) -> dict[str, float]:
-    """Score one report split with the chosen checkpoint: ``<split>/*`` metrics, per-class and predictions files.
-
-    A split without labels gets ``predictions_<split>.csv`` and ``submission_<split>.csv`` and no metrics.
-    """
+    """Test ``ckpt`` (``None``: the current weights) on report split ``split``; its ``<split>/*`` metrics (none
+    without labels). Its files come from ``callbacks.report_outputs``."""
     labelled = datamodule.has_labels(split)
     model.report_split, model.report_labelled = split, labelled
     try:
-        # Without a checkpoint (fast_dev_run, no checkpoint callback) the current weights are scored.
         trainer.test(model, dataloaders=datamodule.report_dataloader(split), ckpt_path=ckpt, verbose=False)
     finally:
         model.report_split, model.report_labelled = "test", True
-    probs, targets, indices = model.test_metrics.last
-    table = datamodule.tables[split]
-    if not labelled:
-        if trainer.is_global_zero:
-            write_csv(out / f"predictions_{split}.csv", predictions_frame(table, indices, probs))
-            submission = out / f"submission_{split}.csv"
-            written = _write_submission(table, indices, probs, submission, datamodule.format)
-            log.info(
-                "%s split (%s) has no label columns: wrote predictions_%s.csv%s, no %s/* metrics",
-                split,
-                table.source,
-                split,
-                f" and {submission.name}" if written else f" (no {submission.name}: see the error above)",
-                split,
-            )
-        return {}
-    values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")}
-    tuned = _prefixed(tuned_f1_metrics(probs, targets, model.classes, thresholds), split)
-    if trainer.is_global_zero:
-        write_split_outputs(out, split, {**values, **tuned}, model.stats, table, (probs, targets, indices), thresholds)
-    return {**values, f"{split}/mF1_tuned": tuned[f"{split}/mF1_tuned"]}
-
-
-def _write_submission(table: ImageTable, indices: np.ndarray, probs: np.ndarray, path: Path, fmt: str) -> bool:
-    """The submission of an unlabelled report split (``python -m mlgcn_lt.submit``'s writer and checks); whether
-    it was written (an error is logged, naming why, when it was not)."""
-    if len(indices) != len(table) or not np.array_equal(indices, np.arange(len(table))):
-        log.error(
-            "%s: %d of %d rows predicted (unreadable images skipped?): no %s",
-            table.source,
-            len(indices),
-            len(table),
-            path.name,
-        )
-        return False
-    try:
-        save_submission(table, probs, path, fmt=fmt)
-    except SubmissionError as err:
-        log.error("%s not written: %s", path.name, err)
-        return False
-    return True
-
-
-def _evaluate_best(
-    out: Path,
-    datamodule: CXRDataModule,
-    model: MLGCNModule,
-    trainer: L.Trainer,
-    ckpt: str | None,
-    validated: bool = False,
-) -> dict[str, Any]:
-    """Tune F1 thresholds on validation; score every report split (dev, test) with the chosen checkpoint."""
-    val_probs, val_targets, _ = _val_outputs(datamodule, model, trainer, ckpt, validated)
-    thresholds = tune_thresholds(val_probs, val_targets)
-    if trainer.is_global_zero:
-        save_thresholds(out / "thresholds.json", model.classes, thresholds, f"val split, checkpoint {ckpt}")
-    metrics: dict[str, Any] = {}
-    for split in datamodule.report_splits:
-        metrics.update(_score_split(out, split, datamodule, model, trainer, ckpt, thresholds))
-    return metrics
+    return _prefixed(trainer, f"{split}/") if labelled else {}
 
 
 def log_failure(error: BaseException) -> None:
@@ -243,7 +157,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     atomic_write(out / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg)))
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule, model, trainer = build(cfg)
+    callbacks = instantiate_named(cfg.get("callbacks"))
+    datamodule, model, trainer = build(cfg, callbacks)
     if trainer.is_global_zero:
         write_json(out / "label_stats.json", datamodule.stats.to_dict())
     log_config(trainer, cfg)
@@ -252,29 +167,25 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if resume:
         log.info("resuming from %s", resume)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-    if getattr(trainer, "preempted", False):
+    if getattr(callbacks.get("preemption"), "saved", None):
         log.warning("stopped by a signal after saving last.ckpt: not testing; run the same command to resume")
         return {"preempted": True}
 
-    best = _find(trainer, BestMetrics)
-    val = (
-        dict(best.best)
-        if best is not None and best.best
-        else {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    )
-    checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    best_epoch = best.best_epoch if best is not None else None
-    swa_checkpoint = getattr(_find(trainer, SWA), "final_checkpoint", None)
-    if swa_checkpoint:  # SWA's result is the averaged final model, not the best epoch
-        checkpoint, best_epoch = swa_checkpoint, None
-        val = _validate(trainer, model, datamodule, checkpoint)
-    metrics: dict[str, Any] = {**val}
+    swa = getattr(callbacks.get("averaging"), "final_checkpoint", None)
+    checkpoint = swa or getattr(trainer.checkpoint_callback, "best_model_path", "") or None  # None: current weights
+    if swa:  # SWA's result is the averaged final model: its validation replaces the best epoch's (report_outputs)
+        trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    report = callbacks.get("report_outputs")
+    metrics: dict[str, Any] = dict(report.best) if report is not None and report.best else _prefixed(trainer, "val/")
     if cfg.get("test"):
-        metrics.update(_evaluate_best(out, datamodule, model, trainer, checkpoint, validated=bool(swa_checkpoint)))
+        for split in datamodule.report_splits:
+            metrics.update(score_split(trainer, model, datamodule, split, checkpoint))
+            if report is not None and f"{split}/mF1_tuned" in report.scores:
+                metrics[f"{split}/mF1_tuned"] = report.scores[f"{split}/mF1_tuned"]
     metrics.update(
         {
             "trained_steps": int(trainer.global_step),  # optimizer steps; report flags a run with 0
-            "best_epoch": best_epoch,
+            "best_epoch": report.best_epoch if report is not None else None,
             "best_checkpoint": checkpoint,
             "splits": datamodule.describe_splits(),
             "wall_time_s": round(time.time() - start, 1),

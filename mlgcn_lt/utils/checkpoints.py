@@ -1,9 +1,9 @@
 """Reading checkpoints safely (``weights_only``), with one clear error naming the file and what it really is.
 
-Every tool that reads a checkpoint (``eval.py``, ``submit``, ``report``, cRT's ``model.init_from``) goes through
-:func:`read_checkpoint`: a file that is not a checkpoint, a truncated one, or a plain state dict (e.g. the authors'
-release) is refused naming the file, and never with advice to load it with ``weights_only=False`` (which would run
-whatever code a pickle holds).
+Every tool that reads a checkpoint (``eval.py``, ``submit``, ``report``, cRT's ``model.decoupled.init_from``) goes
+through :func:`read_checkpoint`: a file that is not a checkpoint, a truncated one, or a plain state dict (e.g. the
+authors' release) is refused naming the file, and never with advice to load it with ``weights_only=False`` (which
+would run whatever code a pickle holds).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def _describe_unreadable(path: Path, error: BaseException) -> str:
 def read_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bool = True) -> dict[str, Any]:
     """Load ``path`` with ``torch.load(weights_only=True)`` on CPU and check it is this project's checkpoint.
 
-    ``what`` names the option the path came from in errors (e.g. ``model.init_from``). With ``lightning`` the file
-    must be a Lightning checkpoint of :class:`~mlgcn_lt.training.module.MLGCNModule` (``state_dict`` +
+    ``what`` names the option the path came from in errors (e.g. ``model.decoupled.init_from``). With ``lightning``
+    the file must be a Lightning checkpoint of :class:`~mlgcn_lt.training.module.MLGCNModule` (``state_dict`` +
     hyper-parameters).
     Raises :class:`FileNotFoundError` or :class:`CheckpointError`, each naming the file.
     """

@@ -112,7 +112,7 @@ def test_unlabelled_test_split_gets_predictions_and_a_submission_only(tmp_path, 
     test = pd.read_csv(root / "test.csv")
     shuffled = [*reversed(CXR_LT_2023_CLASSES)]  # label order is irrelevant: no labels at all
     test[[c for c in test.columns if c not in shuffled]].to_csv(root / "test.csv", index=False)
-    with caplog.at_level(logging.INFO, logger="mlgcn_lt.training.train"):
+    with caplog.at_level(logging.INFO, logger="mlgcn_lt.training.callbacks.report_outputs"):
         _, out = _train(root, tmp_path / "run")
     saved = json.loads((out / "metrics.json").read_text())
     assert not [k for k in saved if k.startswith("test/")]

@@ -88,8 +88,8 @@ def recorded(monkeypatch):
     recorder, run = Recorder(), {}
     build = pipeline.build
 
-    def build_with_recorder(cfg):
-        datamodule, model, trainer = build(cfg)
+    def build_with_recorder(cfg, callbacks=None):
+        datamodule, model, trainer = build(cfg, callbacks)
         trainer.callbacks.append(recorder)
         run.update(model=model, trainer=trainer)
         return datamodule, model, trainer
@@ -239,12 +239,12 @@ def test_crt_retrains_only_the_heads_on_a_frozen_representation(tiny_cxr_lt, tmp
 
 def _model(cfg) -> torch.nn.Module:
     cfg = pipeline.plain_config(cfg)
-    stats = torch.load(cfg.model.init_from, weights_only=True)["hyper_parameters"]["stats"]
+    stats = torch.load(cfg.model.decoupled.init_from, weights_only=True)["hyper_parameters"]["stats"]
     return instantiate(cfg.model, stats=stats)
 
 
 def test_init_from_without_reset_keeps_every_weight(tiny_cxr_lt, tmp_path, stage1, hydra_cleanup):
-    over = [f"model.init_from={stage1}", "model.num_experts=2"]
+    over = [f"model.decoupled.init_from={stage1}", "model.num_experts=2"]
     model = _model(_compose(tiny_cxr_lt, tmp_path, *over))
     before = _state(stage1)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith("net."))
@@ -283,5 +283,6 @@ def test_recipe_rows_are_what_they_say(tmp_path, hydra_cleanup):
     assert d.model.loss._target_.endswith("DistributionBalancedLoss") and d.model.num_experts == 4
     assert d.data.sampler._target_.endswith("CycleClassSampler")
     c = row("+experiment=[ablation_ride,crt]", "stage1_ckpt=s1.ckpt")
-    assert c.model.init_from == "s1.ckpt" and c.model.freeze == "representation" and c.model.reset_heads
+    d = c.model.decoupled
+    assert d.init_from == "s1.ckpt" and d.freeze == "representation" and d.reset_heads
     assert c.model.num_experts == 4 and c.model.loss._target_.endswith("RIDELoss") and c.experiment_name == "crt"

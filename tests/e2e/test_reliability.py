@@ -288,8 +288,8 @@ def _with_nan_loss(monkeypatch, step: int) -> None:
 
     build = pipeline.build
 
-    def patched(cfg):
-        dm, model, trainer = build(cfg)
+    def patched(cfg, callbacks=None):
+        dm, model, trainer = build(cfg, callbacks)
         model.loss_fn = _NaNAfter(model.loss_fn, step)
         return dm, model, trainer
 
@@ -308,7 +308,7 @@ def test_nonfinite_loss_stops_naming_step_and_term(tiny_cfg, monkeypatch):
 @pytest.mark.slow  # trains through train() / fit
 def test_nonfinite_batches_can_be_skipped_and_counted(tiny_cfg, monkeypatch):
     _with_nan_loss(monkeypatch, step=5)
-    cfg = tiny_cfg("trainer.max_epochs=1", "model/label_embedding=random", "model.on_nonfinite=skip")
+    cfg = tiny_cfg("trainer.max_epochs=1", "model/label_embedding=random", "callbacks.nonfinite.policy=skip")
     metrics = train(cfg)
     assert 0 <= metrics["test/mAP"] <= 1
     logged = pd.read_csv(Path(cfg.hydra.runtime.output_dir) / "csv" / "metrics.csv")

@@ -71,7 +71,7 @@ def test_every_tool_reports_the_bad_checkpoint_by_name(bad_checkpoints, tmp_path
     for path, expected in bad_checkpoints.values():
         with pytest.raises(CheckpointError, match=expected):
             load_checkpoint(path)  # eval.py, submit, report's figures
-        with pytest.raises(CheckpointError, match=f"model.init_from {path}.*{expected}"):
+        with pytest.raises(CheckpointError, match=f"model.decoupled.init_from {path}.*{expected}"):
             read_stage1(path, classes=["a"], num_experts=1, backbone="resnet18")  # cRT stage 2
     path, expected = bad_checkpoints["truncated"]
     cfg = compose_config([f"ckpt_path={path}", "data.root=/nonexistent"], tmp_path / "eval", config_name="eval")

@@ -128,7 +128,7 @@ class SWA(StochasticWeightAveraging):
 
     def reset_batch_norm_and_save_state(self, pl_module: L.LightningModule) -> None:
         """Lightning resets every BatchNorm before the statistics pass; one in eval mode (a frozen representation,
-        ``model.freeze``) would not recompute its statistics, so it keeps them."""
+        ``model.decoupled.freeze``) would not recompute its statistics, so it keeps them."""
         frozen = {
             m: {k: getattr(m, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")}
             for m in pl_module.modules()

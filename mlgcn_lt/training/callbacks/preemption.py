@@ -18,7 +18,8 @@ class Preemption(L.Callback):
     and stop cleanly, so a requeued or restarted job resumes instead of losing the epoch.
 
     Ranks agree on the step to stop at (checked every ``check_every_n_steps``); a handler that was installed before
-    (submitit's requeue on SIGUSR2) is called after the checkpoint is written.
+    (submitit's requeue on SIGUSR2) is called after the checkpoint is written. :attr:`saved` is that checkpoint
+    once it is written (train() then neither tests nor writes ``metrics.json``: the run stays resumable).
     """
 
     def __init__(
@@ -27,6 +28,8 @@ class Preemption(L.Callback):
         self.signals = tuple(signals)
         self.check_every_n_steps = max(1, int(check_every_n_steps))
         self.received: int | None = None
+        #: The checkpoint written on a signal (the fit then stopped early, on purpose), else ``None``.
+        self.saved: Path | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -57,7 +60,7 @@ class Preemption(L.Callback):
             "%s: saved %s at step %d and stopping; run the same command to resume", name, path, trainer.global_step
         )
         trainer.should_stop = True
-        trainer.preempted = True  # read by train(): no test, no metrics.json, so the run stays resumable
+        self.saved = path
         previous = self._previous.get(self.received) if self.received else None
         if callable(previous):  # e.g. submitit: requeue the job now that the checkpoint exists
             previous(self.received, None)

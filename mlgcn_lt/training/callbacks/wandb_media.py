@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 
-from mlgcn_lt.training.callbacks.best_metrics import BestMetrics
+from mlgcn_lt.training.callbacks.report_outputs import ReportOutputs
 from mlgcn_lt.training.loggers.factory import BEST_METRICS, wandb_loggers
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class WandbPerClassAP(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The group mAPs of the best epoch (the tested checkpoint), beside the per-metric maxima."""
         logger = self._logger(trainer)
-        best = next((c for c in trainer.callbacks if isinstance(c, BestMetrics)), None)
+        best = next((c for c in trainer.callbacks if isinstance(c, ReportOutputs)), None)
         if logger is None or best is None or best.best_epoch is None:
             return
         summary = {f"best/{k}": v for k, v in best.best.items() if k in BEST_METRICS}
