@@ -277,7 +277,13 @@ def build_backbone(
         raise KeyError(f"unknown backbone {name!r}; known: {available_backbones()}")
     if if_unavailable not in ("error", "random"):
         raise ValueError(f"model.backbone.if_unavailable={if_unavailable!r}; expected one of ['error', 'random']")
-    builder, splitter = _REGISTRY[name]
-    model = builder(weights=None)
+    model = _REGISTRY[name][0](weights=None)
     _load_weights(model, name, pretrained, str(if_unavailable))
-    return splitter(model, name)
+    return split_backbone(model, name)
+
+
+def split_backbone(model: nn.Module, name: str) -> TrunkSplit:
+    """Split a torchvision ``name`` model (its own modules, weights kept) into trunk and last stage."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; known: {available_backbones()}")
+    return _REGISTRY[name][1](model, name)

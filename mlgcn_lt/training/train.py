@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlgcn_lt.data.datamodule import CXRDataModule, build_datamodule
 from mlgcn_lt.training.guards import check_config
-from mlgcn_lt.training.loggers.factory import finish_wandb, log_config, log_summary
+from mlgcn_lt.training.loggers.factory import BEST_METRICS, finish_wandb, log_config, log_summary
 from mlgcn_lt.training.module import MLGCNModule
 from mlgcn_lt.training.rundirs import AtomicCheckpointIO, resume_checkpoint
 from mlgcn_lt.training.summary import summary_table
@@ -194,6 +194,9 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         scored = {k: v for k, v in metrics.items() if k.startswith(("dev/", "test/")) and k.count("/") == 1}
+        if metrics["best_epoch"] is not None:  # the chosen epoch's group mAPs, beside the per-metric maxima
+            scored |= {f"best/{k}": metrics[k] for k in BEST_METRICS if k in metrics}
+            scored["best/epoch"] = metrics["best_epoch"]
         log_summary(trainer, {**{f"splits/{k}": v for k, v in metrics["splits"].items()}, **scored})
         log.info("run finished\n%s", summary_table(metrics, out))
     return metrics

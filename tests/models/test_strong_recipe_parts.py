@@ -21,7 +21,7 @@ from mlgcn_lt.losses.base import build_loss
 from mlgcn_lt.losses.classification import AsymmetricLoss, FocalLoss
 from mlgcn_lt.losses.ride import diversity_loss
 from mlgcn_lt.models.attention import JointSequenceAttention
-from mlgcn_lt.models.backbones import _REGISTRY, build_backbone
+from mlgcn_lt.models.backbones import build_backbone, split_backbone
 from mlgcn_lt.models.experts import ModelOutput
 from mlgcn_lt.models.heads import CSRAHead, GCNHead, LinearHead  # noqa: F401 (GCNHead stays importable here)
 from mlgcn_lt.models.ml_decoder import MLDecoderHead, group_layout
@@ -278,9 +278,8 @@ BACKBONES["efficientnet_v2_s"] = (160, 1280)
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_new_backbones_split_reproduces_the_torchvision_features(name):
-    builder, splitter = _REGISTRY[name]
-    ref = builder(weights=None).eval()
-    split = splitter(copy.deepcopy(ref), name)  # same weights, own modules (building twice is slow on CPU)
+    ref = getattr(torchvision.models, name)(weights=None).eval()
+    split = split_backbone(copy.deepcopy(ref), name)  # same weights, own modules (building twice is slow on CPU)
     assert (split.trunk_features, split.num_features) == BACKBONES[name]
     assert split.reduction == 32 and split.make_stage is None and split.name == name
     x = torch.randn(1, 3, 64, 64)

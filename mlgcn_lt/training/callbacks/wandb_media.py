@@ -9,8 +9,7 @@ from typing import Any
 
 import lightning as L
 
-from mlgcn_lt.training.callbacks.report_outputs import ReportOutputs
-from mlgcn_lt.training.loggers.factory import BEST_METRICS, wandb_loggers
+from mlgcn_lt.training.loggers.factory import wandb_loggers
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,8 @@ class WandbPerClassAP(L.Callback):
     """Logs ``<stage>/per_class_ap`` (table: class, group, train count, AP) and its bar chart to W&B.
 
     At validation end every ``every_n_epochs`` epochs (0: never) and at the end of scoring each report split
-    (``dev/per_class_ap``, ``test/per_class_ap``), with the figures of ``figures`` whose module exists; at fit end
-    ``best/*`` summary values of the best checkpoint's epoch (val split).
+    (``dev/per_class_ap``, ``test/per_class_ap``), with the figures of ``figures`` whose module exists. (The
+    ``best/*`` summary values of the chosen epoch come from ``train()`` with the other run results.)
     """
 
     def __init__(self, every_n_epochs: int = 1, log_test: bool = True, figures: list[str] | None = None) -> None:
@@ -84,15 +83,6 @@ class WandbPerClassAP(L.Callback):
             return
         if self.log_test and (rows := self._log_table(trainer, pl_module, split)):
             self._log_figures(trainer, rows, split)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The group mAPs of the best epoch (the tested checkpoint), beside the per-metric maxima."""
-        logger = self._logger(trainer)
-        best = next((c for c in trainer.callbacks if isinstance(c, ReportOutputs)), None)
-        if logger is None or best is None or best.best_epoch is None:
-            return
-        summary = {f"best/{k}": v for k, v in best.best.items() if k in BEST_METRICS}
-        logger.experiment.summary.update({"best/epoch": best.best_epoch, **summary})
 
     def _log_figures(self, trainer: L.Trainer, rows: list[list[Any]], split: str = "test") -> None:
         logger = self._logger(trainer)
