@@ -176,6 +176,7 @@ def test_metrics_json_records_the_optimizer_steps(stage1_checkpoint):
     assert metrics["trained_steps"] == 2  # one epoch of two batches
 
 
+@pytest.mark.slow  # calls train() (it fails at setup, before any step)
 def test_a_failed_run_logs_its_traceback_to_the_run_log(tiny_cfg, tmp_path):
     from mlgcn_lt.training.train import train
 
@@ -193,6 +194,7 @@ def test_a_failed_run_logs_its_traceback_to_the_run_log(tiny_cfg, tmp_path):
     assert str(info.value).splitlines()[0] in text
 
 
+@pytest.mark.slow  # runs train.py in a subprocess (it fails at setup)
 def test_train_py_setup_failure_is_in_the_hydra_run_log(tmp_path):
     log_dir = tmp_path / "logs"
     cmd = [sys.executable, "train.py", *TINY_OVERRIDES, f"data.root={tmp_path / 'gone'}", f"paths.log_dir={log_dir}"]
