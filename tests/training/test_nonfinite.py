@@ -99,6 +99,7 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow  # trains through fit (a tiny module, a real Lightning loop)
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_skip_leaves_weights_and_optimizer_state_of_the_bad_batch_unchanged(name, caplog):
     callback = NonFinite(policy="skip")
@@ -111,6 +112,7 @@ def test_skip_leaves_weights_and_optimizer_state_of_the_bad_batch_unchanged(name
     assert any(f"non-finite loss at step {BAD}" in m and "'penalty': nan" in m for m in messages)
 
 
+@pytest.mark.slow  # trains through fit (a tiny module, a real Lightning loop)
 @pytest.mark.parametrize("name", ["adam", "adam_fused", "adamw_fused"])
 def test_skip_with_a_gradient_scaler(name):
     """16-mixed: a fused optimizer's scaler checks the gradients inside its step; with none left it would fail
@@ -125,6 +127,7 @@ def test_skip_with_a_gradient_scaler(name):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow  # trains through fit (a tiny module, a real Lightning loop)
 def test_error_names_the_step_and_the_term_at_the_next_check():
     callback = NonFinite(policy="error", check_every_n_steps=2)
     with pytest.raises(NonFiniteLossError, match=rf"global step {BAD} .*total, penalty is NaN or infinite"):
