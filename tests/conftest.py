@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
@@ -85,3 +86,26 @@ def stage1_checkpoint(tiny_cxr_lt: Path, tmp_path_factory) -> Path:
     """A stage-1 checkpoint for decoupled training (cRT): resnet18, 2 experts, one short epoch of SGD."""
     out = tmp_path_factory.mktemp("stage1")
     return train_stage1(tiny_cxr_lt, out, "model.num_experts=2", "model/optimizer=sgd", "model.optimizer.momentum=0")
+
+
+@pytest.fixture
+def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are not usable checkpoints: name -> (path, what the error must say)."""
+    out: dict[str, tuple[Path, str]] = {}
+
+    def add(name: str, expected: str) -> Path:
+        path = tmp_path / f"{name}.ckpt"
+        out[name] = (path, expected)
+        return path
+
+    add("random", "not a PyTorch checkpoint").write_bytes(os.urandom(4096))
+    add("text", "not a PyTorch checkpoint \\(a text file").write_text("epoch=3 val_mAP=0.31\n")
+    add("empty", "is empty").write_bytes(b"")
+    torch.save({"fc.weight": torch.zeros(3, 2), "fc.bias": torch.zeros(3)}, add("state_dict", "plain state dict"))
+    torch.save({"state_dict": {"fc.weight": torch.zeros(3, 2)}, "epoch": 9}, add("authors", "no Lightning"))
+    lightning = {"state_dict": {"w": torch.zeros(50_000)}, "pytorch-lightning_version": "2.6", "hyper_parameters": {}}
+    torch.save(lightning, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    add("truncated", "truncated").write_bytes(data[: len(data) // 2])
+    torch.save([1, 2, 3], add("list", "holds a list"))
+    return out

@@ -168,3 +168,25 @@ def test_affine_matrix_rotates_scales_and_shifts_about_the_centre():
     m = affine_matrix((11, 11), angle=90.0, scale=2.0, shift=(1.0, -1.0))
     np.testing.assert_allclose(m @ [5, 5, 1], [6, 4], atol=1e-9)  # the centre only moves by the shift
     np.testing.assert_allclose(m @ [6, 5, 1] - m @ [5, 5, 1], [0, -2], atol=1e-9)  # 90° turn, doubled
+
+
+@pytest.mark.parametrize("kind", ["16bit", "rgba", "cmyk", "1x1"])
+def test_unusual_but_valid_images_load(tmp_path, kind):
+    if kind == "16bit":
+        path = write_image(tmp_path / "x.png", (40, 30), mode="I;16")
+    elif kind == "rgba":
+        path = write_image(tmp_path / "x.png", (40, 30), mode="RGBA")
+    elif kind == "cmyk":
+        path = write_image(tmp_path / "x.jpg", (40, 30), mode="CMYK", fmt="JPEG")
+    else:
+        path = write_image(tmp_path / "x.png", (1, 1))
+    assert check_image(str(path), "full") is None
+    assert load_grayscale(path, 32).size == (32, 32)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "big.png", (200, 200))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 = 4 x the limit
+    assert "decompression bomb" in check_image(str(path), "header")
+    with pytest.raises(ImageDecodeError, match="big.png"):
+        load_grayscale(path, 32)

@@ -288,3 +288,12 @@ def test_report_on_synthetic_and_npy_labels(tmp_path, capsys):
     assert report_main(["report", "--labels-npy", str(npy), "--sampler", "repeat_factor", "--draws", "64"]) == 0
     names, _, avg, _ = _table(capsys.readouterr().out)
     assert names[0] == "class_0" and len(names) == 8 and avg.sum() > 64
+
+
+def test_least_sampled_epoch_too_long_without_replacement():
+    labels = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4, 0]]
+    labels[5] = 0  # one image without any positive label
+    assert LeastSampledClassSampler(labels, replacement=False).num_samples == 5
+    assert sorted(LeastSampledClassSampler(labels, replacement=False)) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="num_samples=6 is longer than the 5 images.*replacement=true"):
+        LeastSampledClassSampler(labels, num_samples=6, replacement=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import NIH_SAMPLE, cxr_lt_frame
+from helpers import NIH_SAMPLE, cxr_lt_frame, make_datamodule, write_cxr_lt_dir
 from mlgcn_lt.data.classes import CXR_LT_2023_CLASSES
 from mlgcn_lt.data.tables import TableError, read_csv_table, read_cxr_lt, read_nih, split_by_group
 
@@ -217,3 +217,10 @@ def test_other_separator_lists_the_columns_found(tmp_path, sep):
     with pytest.raises(TableError, match=r"t\.csv: the header reads as one column.*'dicom_id', 'subject_id'") as e:
         read_cxr_lt(tmp_path / "t.csv", tmp_path)
     assert "comma" in str(e.value)
+
+
+def test_a_split_with_zero_images_is_an_error(tmp_path):
+    root = write_cxr_lt_dir(tmp_path / "ds")
+    pd.DataFrame(columns=cxr_lt_frame(1).columns).to_csv(root / "development.csv", index=False)
+    with pytest.raises(TableError, match="development.csv: the table has a header but no rows"):
+        make_datamodule(root).setup()

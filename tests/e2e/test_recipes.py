@@ -181,6 +181,7 @@ def test_swa_averages_epochs_and_its_final_model_is_evaluated(tiny_cxr_lt, tmp_p
     load_checkpoint(metrics["best_checkpoint"])  # weights_only
 
 
+@pytest.mark.slow  # calls train() (it refuses the config before any step)
 def test_swa_refuses_early_stopping(tiny_cxr_lt, tmp_path, hydra_cleanup):
     cfg = _compose(tiny_cxr_lt, tmp_path / "swa_es", "callbacks/averaging=swa")
     with pytest.raises(ValueError, match="callbacks.early_stopping=null"):

@@ -1,4 +1,4 @@
-"""Losses: masking of unknown labels, where the classification term applies."""
+"""Losses: masking of unknown labels, where the classification term applies, the soft-margin loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlgcn_lt.losses.classification import BCELoss
+from mlgcn_lt.losses.classification import BCELoss, SoftMarginLoss
 from mlgcn_lt.models.experts import ModelOutput
 
 
@@ -53,3 +53,17 @@ def test_half_precision_logits_are_computed_in_float32():
     half = ModelOutput(out.logits.detach().bfloat16(), out.expert_logits.detach().bfloat16())
     loss = BCELoss()(half, torch.ones(4, 3)).total
     assert loss.dtype == torch.float32
+
+
+def test_soft_margin_matches_torch_without_unknowns_and_masks_them():
+    out, _ = _out(e=1, c=5)
+    t = (torch.rand(4, 5) > 0.5).float()
+    ref = F.multilabel_soft_margin_loss(out.logits, t)
+    torch.testing.assert_close(SoftMarginLoss()(out, t).total, ref)
+    t2 = t.clone()
+    t2[0, :3] = float("nan")
+    got = SoftMarginLoss()(out, t2).total
+    rows = [F.multilabel_soft_margin_loss(out.logits[:1, 3:], t[:1, 3:])] + [
+        F.multilabel_soft_margin_loss(out.logits[i : i + 1], t[i : i + 1]) for i in range(1, 4)
+    ]
+    torch.testing.assert_close(got, torch.stack(rows).mean())

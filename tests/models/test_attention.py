@@ -1,4 +1,5 @@
-"""The attention forms (Section 3.5, Figure 4) through their YAML: the paper's ``mha`` contract, and ``joint``."""
+"""The attention forms (Section 3.5, Figure 4) through their YAML: the paper's ``mha`` contract, and ``joint``; the
+classes themselves: shapes and gradients of every form, image-dependent classifiers (joint) or not (release)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from omegaconf import OmegaConf
 
 from helpers import CONF_DIR
 from mlgcn_lt.config.schemas import register_schemas
+from mlgcn_lt.models.attention import (
+    JointSequenceAttention,
+    LabelSequenceAttention,
+    NoAttention,
+    PerVectorAttention,
+)
 
 D, C, B = 16, 5, 3
 
@@ -101,3 +108,35 @@ def test_the_model_runs_each_attention_form(option, shared, tiny_cfg):
     model.eval()
     out = model(torch.rand(3, 3, 32, 32))
     assert out.logits.shape == (3, model.stats.num_classes) and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("cls", [NoAttention, LabelSequenceAttention, JointSequenceAttention, PerVectorAttention])
+def test_attention_shapes_and_gradients(cls):
+    torch.manual_seed(0)
+    att = cls(dim=32) if cls is NoAttention else cls(dim=32, heads=8, feedforward=64, dropout=0.0)
+    image = torch.randn(3, 32, requires_grad=True)
+    cls_w = torch.randn(5, 32, requires_grad=True)
+    img2, w2 = att(image, cls_w)
+    assert img2.shape == (3, 32)
+    assert w2.shape in ((5, 32), (3, 5, 32))
+    ((img2.unsqueeze(1) * (w2 if w2.dim() == 3 else w2.unsqueeze(0))).sum()).backward()
+    assert image.grad is not None and cls_w.grad is not None
+    assert all(p.grad is not None for p in att.parameters())
+
+
+def test_joint_attention_mixes_image_into_classifiers_and_release_does_not():
+    torch.manual_seed(0)
+    joint = JointSequenceAttention(dim=16, heads=4, feedforward=32, dropout=0.0).eval()
+    release = PerVectorAttention(dim=16, heads=4, feedforward=32, dropout=0.0).eval()
+    w = torch.randn(4, 16)
+    a, b = torch.randn(1, 16), torch.randn(1, 16)
+    _, wa = joint(a, w)
+    _, wb = joint(b, w)
+    assert not torch.allclose(wa, wb)  # classifiers depend on the image: real attention
+    _, ra = release(a, w)
+    _, rb = release(b, w)
+    torch.testing.assert_close(ra, rb)  # each vector alone: classifiers independent of the image
+    # shared weights: an image token alone equals a label token alone through the release layer
+    torch.testing.assert_close(release(w[:1], w)[0], release(a, w)[1][:1])
+    with pytest.raises(ValueError, match="not divisible"):
+        JointSequenceAttention(dim=30, heads=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -239,3 +240,29 @@ def test_report_figures_from_a_real_checkpoint(tiny_cfg, sweep: Path, tmp_path: 
     text = (out / "report.md").read_text()
     assert "![expert norms: ablation_2experts](figures/expert_norms_ablation_2experts.png)" in text
     assert "- sampler_cycle: no checkpoint, no expert-norm figure" in text
+
+
+def test_report_marks_a_run_that_trained_zero_steps(tmp_path, capsys):
+    from mlgcn_lt.reporting.table import main
+
+    for name, steps in (("trained", 40), ("untrained", 0)):
+        run = tmp_path / "sweep" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"experiment_name": "x", "seed": 0}))
+        (run / "metrics.json").write_text(json.dumps({"test/mAP": 0.5, "trained_steps": steps, "wall_time_s": 1}))
+    assert main([str(tmp_path / "sweep"), "--metrics", "mAP"]) == 0
+    text = capsys.readouterr().out
+    assert "| x | 1 (+1 failed) | 0.500 |" in text
+    assert "untrained` (x, seed 0): metrics.json says it trained 0 optimizer steps" in text
+
+
+def test_report_out_must_be_a_directory(tmp_path, capsys):
+    from mlgcn_lt.reporting.table import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    target = tmp_path / "report.md"
+    target.write_text("keep")
+    assert main([str(run), "--out", str(target)]) == 2
+    assert f"--out {target} must be a directory" in capsys.readouterr().err and target.read_text() == "keep"

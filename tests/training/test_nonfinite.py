@@ -4,14 +4,17 @@ optimizers the configs offer (plain, momentum, foreach, fused); ``error`` names 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from mlgcn_lt.training.callbacks.nonfinite import NonFinite
 from mlgcn_lt.training.nonfinite import NonFiniteLossError
+from mlgcn_lt.training.train import train
 
 BAD = 2  # the batch (and global step) whose loss is NaN
 
@@ -96,6 +99,7 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow  # trains through fit (a tiny module, a real Lightning loop)
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_skip_leaves_weights_and_optimizer_state_of_the_bad_batch_unchanged(name, caplog):
     callback = NonFinite(policy="skip")
@@ -108,6 +112,7 @@ def test_skip_leaves_weights_and_optimizer_state_of_the_bad_batch_unchanged(name
     assert any(f"non-finite loss at step {BAD}" in m and "'penalty': nan" in m for m in messages)
 
 
+@pytest.mark.slow  # trains through fit (a tiny module, a real Lightning loop)
 @pytest.mark.parametrize("name", ["adam", "adam_fused", "adamw_fused"])
 def test_skip_with_a_gradient_scaler(name):
     """16-mixed: a fused optimizer's scaler checks the gradients inside its step; with none left it would fail
@@ -122,6 +127,7 @@ def test_skip_with_a_gradient_scaler(name):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow  # trains through fit (a tiny module, a real Lightning loop)
 def test_error_names_the_step_and_the_term_at_the_next_check():
     callback = NonFinite(policy="error", check_every_n_steps=2)
     with pytest.raises(NonFiniteLossError, match=rf"global step {BAD} .*total, penalty is NaN or infinite"):
@@ -135,3 +141,53 @@ def test_bad_options_are_refused():
         NonFinite(policy="ignore")
     with pytest.raises(ValueError, match="check_every_n_steps=0"):
         NonFinite(check_every_n_steps=0)
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a loss: its ``div`` term becomes NaN from training step ``step`` on."""
+
+    def __init__(self, inner, step: int):
+        super().__init__()
+        self.inner, self.step, self.calls = inner, step, 0
+
+    def forward(self, output, targets):
+        out = self.inner(output, targets)
+        if self.training:
+            self.calls += 1
+        if self.training and self.calls > self.step:
+            div = torch.tensor(float("nan"))
+            return type(out)(out.total + div, {**out.terms, "div": div})
+        return out
+
+
+def _with_nan_loss(monkeypatch, step: int) -> None:
+    from mlgcn_lt.training import train as pipeline
+
+    build = pipeline.build
+
+    def patched(cfg, callbacks=None):
+        dm, model, trainer = build(cfg, callbacks)
+        model.loss_fn = _NaNAfter(model.loss_fn, step)
+        return dm, model, trainer
+
+    monkeypatch.setattr(pipeline, "build", patched)
+
+
+@pytest.mark.slow  # trains through train() / fit
+def test_nonfinite_loss_stops_naming_step_and_term(tiny_cfg, monkeypatch):
+    _with_nan_loss(monkeypatch, step=3)
+    cfg = tiny_cfg("trainer.max_epochs=2", "model/label_embedding=random", "trainer.log_every_n_steps=4")
+    with pytest.raises(NonFiniteLossError, match=r"global step 3 .*total, div is NaN or infinite"):
+        train(cfg)
+    assert not (Path(cfg.hydra.runtime.output_dir) / "metrics.json").exists()
+
+
+@pytest.mark.slow  # trains through train() / fit
+def test_nonfinite_batches_can_be_skipped_and_counted(tiny_cfg, monkeypatch):
+    _with_nan_loss(monkeypatch, step=5)
+    cfg = tiny_cfg("trainer.max_epochs=1", "model/label_embedding=random", "callbacks.nonfinite.policy=skip")
+    metrics = train(cfg)
+    assert 0 <= metrics["test/mAP"] <= 1
+    logged = pd.read_csv(Path(cfg.hydra.runtime.output_dir) / "csv" / "metrics.csv")
+    # 34 training images (40 minus the 6 of the carved val split, docs/protocol.md), batch 4: 8 steps
+    assert logged["train/skipped_nonfinite"].dropna().iloc[-1] == 3  # steps 6, 7, 8 of 8

@@ -1,11 +1,19 @@
-"""Run-directory locks: a SIGKILLed run's orphaned loader workers must not make the same command start afresh."""
+"""Run directories (mlgcn_lt/training/rundirs.py): a SIGKILLed run's orphaned loader workers must not make the same
+command start afresh; a checkpoint write that fails partway (disk full, file-size limit) keeps the previous one."""
 
+import errno
+import os
 import subprocess
 import sys
 import textwrap
 import time
 
+import pytest
+import torch
+
+from mlgcn_lt.config import PROJECT_ROOT
 from mlgcn_lt.training import rundirs
+from mlgcn_lt.training.rundirs import AtomicCheckpointIO
 
 # Takes the lock, forks a child that keeps the inherited lock for a while (as DataLoader workers do), and dies at
 # once: the lock's recorded owner is dead while the lock is still held.
@@ -53,3 +61,90 @@ def test_lock_of_a_live_run_is_refused_at_once(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="disk full while writing checkpoint .*previous checkpoint is intact"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def _fail_partway(monkeypatch, code: int, after: int) -> list[int]:
+    """Make atomic_write's file raise ``OSError(code)`` once ``after`` bytes were written; returns bytes written."""
+    from mlgcn_lt.utils import io
+
+    written = [0]
+    real_fdopen = os.fdopen
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            if written[0] + len(data) > after:
+                raise OSError(code, os.strerror(code))
+            written[0] += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(io.os, "fdopen", lambda *a, **k: Failing(real_fdopen(*a, **k)))
+    return written
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(errno.ENOSPC, "disk full"), (errno.EFBIG, "file-size limit reached")], ids=["enospc", "efbig"]
+)
+def test_checkpoint_write_failing_midway_keeps_the_previous_one(tmp_path, monkeypatch, code, reason):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+    written = _fail_partway(monkeypatch, code, after=4096)
+    with pytest.raises(OSError, match=f"{reason} while writing checkpoint .*previous checkpoint is intact") as info:
+        io.save_checkpoint({"step": 2, "w": torch.zeros(100_000)}, path)
+    assert info.value.errno == code
+    assert 0 < written[0] <= 4096  # the failure came partway through the file, not after a complete save
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_file_size_limit_while_checkpointing_in_a_real_process(tmp_path):
+    """RLIMIT_FSIZE: the kernel refuses the write partway (EFBIG); torch wraps it as 'unexpected pos'."""
+    code = f"""
+import resource, torch
+from mlgcn_lt.training.rundirs import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+io.save_checkpoint({{"step": 1}}, {str(tmp_path / "last.ckpt")!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    io.save_checkpoint({{"step": 2, "w": torch.zeros(1 << 20)}}, {str(tmp_path / "last.ckpt")!r})
+except OSError as e:
+    print("ERROR", type(e.__cause__).__name__, e)
+"""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"ERROR RuntimeError [Errno {errno.EFBIG}] file-size limit reached while writing checkpoint" in proc.stdout
+    assert "previous checkpoint is intact" in proc.stdout
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
