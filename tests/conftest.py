@@ -43,12 +43,6 @@ def _run_dirs(top: Path) -> set[Path]:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first (stable, otherwise in file order): with one worker per core (pytest-xdist) the long
-    subprocess runs then overlap the many short tests instead of all landing at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def no_runs_in_repository_outputs() -> Iterator[None]:
     """Fail the session if any test left a run directory in the repository's own ``outputs/``."""

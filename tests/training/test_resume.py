@@ -61,25 +61,13 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def _start(cmd: list[str], output: Path) -> subprocess.Popen:
-    """Start ``cmd`` in the background, its output to a file (a full pipe would block the child)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w") as f:
-        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT)
-
-
-def _reference_metrics(proc: subprocess.Popen, log_dir: Path, output: Path) -> dict:
-    """The metrics of an uninterrupted run started with :func:`_start` (run beside the one that is killed)."""
-    assert proc.wait(timeout=1200) == 0, output.read_text()[-3000:]
-    return json.loads((_runs(log_dir)[0] / "metrics.json").read_text())
-
-
 COMPARED = ("val/mAP", "val/mAUC", "val/mAP_tail", "test/mAP", "test/mAUC", "test/mF1", "test/mAP_head", "best_epoch")
 
 
 def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(tiny_cxr_lt, tmp_path):
     reference = tmp_path / "reference"
-    ref = _start(_command(tiny_cxr_lt, reference), tmp_path / "reference.txt")
+    _run(_command(tiny_cxr_lt, reference))
+    expected = json.loads((_runs(reference)[0] / "metrics.json").read_text())
 
     killed = tmp_path / "killed"
     cmd = _command(tiny_cxr_lt, killed)
@@ -87,7 +75,6 @@ def test_sigkill_mid_epoch_then_same_command_resumes_to_identical_metrics(tiny_c
     # last.ckpt, not epoch_000.ckpt: on a loaded machine the second file of the epoch can take more than a second
     run = _kill_when(proc, killed, "last.ckpt", signal.SIGKILL, 1.0)  # into the second epoch
 
-    expected = _reference_metrics(ref, reference, tmp_path / "reference.txt")
     resumed = _run(cmd)
     assert _runs(killed) == [run], "the same command must resume in the same run directory"
     assert "resuming from" in resumed.stderr + resumed.stdout
@@ -121,13 +108,13 @@ def test_sigkill_then_resume_is_exact_for_every_sampler_with_loader_workers(tiny
     """Issue 13, 0b: with workers, the first resumed epoch replayed epoch 0's draw (the loader prefetched before
     Lightning set the epoch), and the RNG states were restored one epoch late."""
     reference = tmp_path / "reference"
-    ref = _start(_sampler_command(tiny_cxr_lt, reference, sampler), tmp_path / "reference.txt")
+    _run(_sampler_command(tiny_cxr_lt, reference, sampler))
+    expected = json.loads((_runs(reference)[0] / "metrics.json").read_text())
 
     killed = tmp_path / "killed"
     cmd = _sampler_command(tiny_cxr_lt, killed, sampler)
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = _kill_when(proc, killed, "last.ckpt", signal.SIGKILL, 0.5)  # into the second epoch
-    expected = _reference_metrics(ref, reference, tmp_path / "reference.txt")
     resumed = _run(cmd)
     assert "resuming from" in resumed.stderr + resumed.stdout
     got = json.loads((run / "metrics.json").read_text())
@@ -139,7 +126,8 @@ def test_sigterm_mid_epoch_then_resume_is_exact(tiny_cxr_lt, tmp_path):
     """A checkpoint written mid-epoch (preemption) resumes at the next batch of the same epoch's draw."""
     extra = ("data.sampler.num_samples=400",)  # 100 steps per epoch: the signal lands mid-epoch
     reference = tmp_path / "reference"
-    ref = _start(_sampler_command(tiny_cxr_lt, reference, "cycle", *extra), tmp_path / "reference.txt")
+    _run(_sampler_command(tiny_cxr_lt, reference, "cycle", *extra))
+    expected = json.loads((_runs(reference)[0] / "metrics.json").read_text())
 
     log_dir = tmp_path / "term"
     cmd = _sampler_command(tiny_cxr_lt, log_dir, "cycle", *extra)
@@ -148,7 +136,6 @@ def test_sigterm_mid_epoch_then_resume_is_exact(tiny_cxr_lt, tmp_path):
     assert proc.returncode == 0
     step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 100 < step < 200, step  # saved mid-epoch
-    expected = _reference_metrics(ref, reference, tmp_path / "reference.txt")
     _run(cmd)
     got = json.loads((run / "metrics.json").read_text())
     for key in COMPARED:
