@@ -18,6 +18,7 @@ import inspect
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -51,6 +52,15 @@ GROUP_KEYS: dict[str, dict[str, tuple[Any, Any]]] = {
     "model/scheduler": {"interval": (Literal["epoch", "step"], "epoch")},
     "data": {"max_epochs": (int, dataclasses.MISSING)},
 }
+
+
+def split_group_keys(group: str, cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``group`` config (e.g. ``data``, ``model/scheduler``) split into what its target takes and the group's own
+    keys (:data:`GROUP_KEYS`, their defaults filled in where the config leaves them out)."""
+    own = GROUP_KEYS.get(group, {})
+    args = {k: v for k, v in cfg.items() if k not in own}
+    keys = {k: cfg.get(k, default) for k, (_, default) in own.items() if k in cfg or default is not MISSING}
+    return args, keys
 
 
 @functools.cache

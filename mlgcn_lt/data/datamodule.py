@@ -359,7 +359,7 @@ def build_datamodule(data: DictConfig | Mapping[str, Any]) -> CXRDataModule:
     """
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True, enum_to_str=True)  # type: ignore[assignment]
-    from mlgcn_lt.config.schemas import GROUP_KEYS
+    from mlgcn_lt.config.schemas import split_group_keys
 
-    args = {k: v for k, v in upgrade_legacy_keys(data).items() if k not in GROUP_KEYS["data"]}
+    args, _ = split_group_keys("data", upgrade_legacy_keys(data))
     return instantiate(args)

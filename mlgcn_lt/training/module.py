@@ -27,6 +27,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlgcn_lt.config.schemas import split_group_keys
 from mlgcn_lt.data.stats import LabelStats
 from mlgcn_lt.evaluation.metrics import MultilabelMetrics
 from mlgcn_lt.losses.base import LossOutput, build_loss
@@ -91,8 +92,8 @@ def plain(value: Any) -> Any:
 
 def scheduler_parts(scheduler: Config) -> tuple[DictConfig, str]:
     """``model.scheduler`` split into the scheduler's own config and Lightning's ``interval`` (epoch / step)."""
-    cfg = OmegaConf.to_container(as_config(scheduler), enum_to_str=True)
-    interval = str(cfg.pop("interval", "epoch"))
+    cfg, own = split_group_keys("model/scheduler", OmegaConf.to_container(as_config(scheduler), enum_to_str=True))
+    interval = str(own["interval"])
     if interval not in ("epoch", "step"):
         raise ValueError(f"model.scheduler.interval={interval!r}: expected 'epoch' or 'step'")
     return OmegaConf.create(cfg), interval
